@@ -1,0 +1,1 @@
+//! rxen-config (placeholder; see ARCHITECTURE.md).

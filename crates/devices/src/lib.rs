@@ -1,0 +1,1 @@
+//! rxen-devices (placeholder; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! rxen-testkit (placeholder; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! rxen-toolstack (placeholder; see ARCHITECTURE.md).

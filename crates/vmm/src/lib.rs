@@ -1,0 +1,1 @@
+//! rxen-vmm (placeholder; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! rxen-xenstore (placeholder; see ARCHITECTURE.md).
