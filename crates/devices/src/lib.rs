@@ -1,1 +1,53 @@
-//! rxen-devices (placeholder; see ARCHITECTURE.md).
+//! Device models for the rxen per-domain VMM.
+//!
+//! This crate holds everything a guest can touch besides its RAM and its vCPUs:
+//!
+//! * [`bus`]: port-I/O and MMIO buses that route a vCPU exit to the device owning the address;
+//! * [`legacy`]: the PC platform devices (16550 UART, i8042 reset line, CMOS/RTC, pvpanic and the
+//!   ACPI PM1 register block used for power button, S5 poweroff and reset);
+//! * [`pci`]: a PCI host bridge (configuration mechanism #1 on ports 0xCF8/0xCFC) and the generic
+//!   configuration-space model;
+//! * [`virtio`]: the virtio-pci (modern) transport with MSI-X and the virtio devices: console, block,
+//!   network (tap) and entropy.
+//!
+//! Devices never see KVM: interrupts leave through the small traits in [`interrupt`], and
+//! guest-initiated platform events (poweroff, reboot, crash) through [`GuestEventSink`]. Every
+//! guest-memory access goes through vm-memory's checked accessors, so a malicious guest can at worst
+//! get its own device reset.
+
+pub mod bus;
+pub mod interrupt;
+pub mod legacy;
+pub mod pci;
+pub mod snapshot;
+pub mod virtio;
+
+use std::sync::Arc;
+
+pub use bus::{Bus, BusDevice};
+pub use snapshot::{Snapshot, SnapshotError};
+
+/// The guest memory type used throughout rxen (one alias so that dirty tracking can be switched on
+/// later in a single place).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// An event a guest raises through a platform device and that ends (or changes) the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestEvent {
+    /// The guest powered itself off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (i8042 0xFE, ACPI reset register, triple fault).
+    Reboot,
+    /// The guest reported a crash (pvpanic).
+    Crash,
+}
+
+/// Receives guest-initiated platform events. Implemented by the VMM.
+pub trait GuestEventSink: Send + Sync {
+    /// Reports `event`; `why` is a short human-readable cause for the log.
+    fn guest_event(&self, event: GuestEvent, why: &str);
+}
+
+/// Shared handle to a [`GuestEventSink`].
+pub type EventSink = Arc<dyn GuestEventSink>;

@@ -1,0 +1,565 @@
+//! The virtio-pci modern transport (virtio 1.x, PCI device IDs 0x1040 + type) with MSI-X.
+//!
+//! BAR 0 (64-bit memory, [`BAR_SIZE`] bytes) layout:
+//!
+//! | offset | region |
+//! |---|---|
+//! | 0x0000 | common configuration |
+//! | 0x1000 | ISR status |
+//! | 0x2000 | device configuration |
+//! | 0x3000 | queue notifications (4 bytes per queue) |
+//! | 0x4000 | MSI-X table |
+//! | 0x5000 | MSI-X pending-bit array |
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{status, ActivateContext, VirtioDevice, VirtioInterrupt, F_VERSION_1};
+use crate::bus::BusDevice;
+use crate::interrupt::{Irq, MsiSender};
+use crate::pci::msix::{Msix, MSIX_CAP_ID};
+use crate::pci::{BarMove, PciConfiguration, PciDevice, PciIds};
+use crate::GuestMemoryMmap;
+
+/// Size of BAR 0.
+pub const BAR_SIZE: u64 = 0x8000;
+const COMMON: u64 = 0x0000;
+const ISR: u64 = 0x1000;
+const DEVICE_CFG: u64 = 0x2000;
+const NOTIFY: u64 = 0x3000;
+const MSIX_TABLE: u64 = 0x4000;
+const MSIX_PBA: u64 = 0x5000;
+const REGION: u64 = 0x1000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const NO_VECTOR: u16 = 0xffff;
+
+const CAP_VENDOR: u8 = 0x09;
+const CFG_COMMON: u8 = 1;
+const CFG_NOTIFY: u8 = 2;
+const CFG_ISR: u8 = 3;
+const CFG_DEVICE: u8 = 4;
+
+/// Interrupt state shared between the transport and the device worker.
+struct Interrupts {
+    msix: Mutex<Msix>,
+    vectors: Mutex<Vec<u16>>,
+    config_vector: Mutex<u16>,
+    isr: AtomicU8,
+    needs_reset: AtomicBool,
+    intx: Option<Irq>,
+}
+
+impl Interrupts {
+    fn signal(&self, vector: u16, isr_bit: u8) {
+        let mut msix = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+        if msix.enabled() {
+            if vector != NO_VECTOR {
+                msix.notify(vector);
+            }
+            return;
+        }
+        drop(msix);
+        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+        if let Some(irq) = &self.intx {
+            irq.pulse();
+        }
+    }
+}
+
+impl VirtioInterrupt for Interrupts {
+    fn notify_queue(&self, queue: usize) {
+        let v = self
+            .vectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+            .copied()
+            .unwrap_or(NO_VECTOR);
+        self.signal(v, 1);
+    }
+
+    fn notify_config(&self) {
+        let v = *self.config_vector.lock().unwrap_or_else(|e| e.into_inner());
+        self.signal(v, 2);
+    }
+
+    fn needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.notify_config();
+    }
+}
+
+/// A virtio device behind the virtio-pci transport.
+pub struct VirtioPciDevice {
+    config: PciConfiguration,
+    msix_cap: usize,
+    device: Box<dyn VirtioDevice>,
+    ints: Arc<Interrupts>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_generation: u8,
+    queue_select: u16,
+    activated: bool,
+    mem: GuestMemoryMmap,
+    name: String,
+}
+
+fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
+    let len: u8 = if extra.is_some() { 20 } else { 16 };
+    let mut v = vec![CAP_VENDOR, 0, len, cfg_type, 0, 0, 0, 0];
+    v.extend_from_slice(&(offset as u32).to_le_bytes());
+    v.extend_from_slice(&(length as u32).to_le_bytes());
+    if let Some(x) = extra {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+impl VirtioPciDevice {
+    /// Wraps `device`; BAR 0 is placed at `bar_addr`. `intx` is used when the guest does not enable
+    /// MSI-X (best effort, edge-signalled).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        msi: Arc<dyn MsiSender>,
+        bar_addr: u64,
+        intx: Option<(Irq, u8)>,
+    ) -> Result<Self, super::VirtioError> {
+        let dtype = device.device_type();
+        let mut config = PciConfiguration::new(PciIds {
+            vendor: 0x1af4,
+            device: 0x1040 + dtype as u16,
+            class: match dtype {
+                super::TYPE_NET => 0x02,
+                super::TYPE_BLOCK => 0x01,
+                super::TYPE_CONSOLE => 0x07,
+                _ => 0xff,
+            },
+            subclass: 0x00,
+            prog_if: 0,
+            revision: 1,
+            subsys_vendor: 0x1af4,
+            subsys_id: 0x40,
+        });
+        config.add_mem_bar64(0, bar_addr, BAR_SIZE);
+        let sizes = device.queue_max_sizes();
+        let nvec = sizes.len() as u16 + 1;
+        let mut msix_cap_bytes = vec![MSIX_CAP_ID, 0];
+        msix_cap_bytes.extend_from_slice(&(nvec - 1).to_le_bytes());
+        msix_cap_bytes.extend_from_slice(&(MSIX_TABLE as u32).to_le_bytes());
+        msix_cap_bytes.extend_from_slice(&(MSIX_PBA as u32).to_le_bytes());
+        let msix_cap = config.add_capability(&msix_cap_bytes, &[(0, 0xc000_0000)]);
+        config.add_capability(&virtio_cap(CFG_COMMON, COMMON, REGION, None), &[]);
+        config.add_capability(&virtio_cap(CFG_ISR, ISR, REGION, None), &[]);
+        config.add_capability(&virtio_cap(CFG_DEVICE, DEVICE_CFG, REGION, None), &[]);
+        config.add_capability(
+            &virtio_cap(CFG_NOTIFY, NOTIFY, REGION, Some(NOTIFY_MULTIPLIER)),
+            &[],
+        );
+        let intx_irq = intx.map(|(irq, line)| {
+            config.set_interrupt(1, line);
+            irq
+        });
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for s in &sizes {
+            queues.push(Queue::new(*s).map_err(|source| super::VirtioError::Queue {
+                queue: queues.len(),
+                source,
+            })?);
+            queue_evts.push(EventFd::new(EFD_NONBLOCK).map_err(|source| {
+                super::VirtioError::Io {
+                    what: "queue eventfd",
+                    source,
+                }
+            })?);
+        }
+        let name = device.name();
+        Ok(Self {
+            config,
+            msix_cap,
+            ints: Arc::new(Interrupts {
+                msix: Mutex::new(Msix::new(nvec, msi)),
+                vectors: Mutex::new(vec![NO_VECTOR; sizes.len()]),
+                config_vector: Mutex::new(NO_VECTOR),
+                isr: AtomicU8::new(0),
+                needs_reset: AtomicBool::new(false),
+                intx: intx_irq,
+            }),
+            device,
+            queues,
+            queue_evts,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            queue_select: 0,
+            activated: false,
+            mem,
+            name,
+        })
+    }
+
+    /// Current guest-physical address of BAR 0.
+    pub fn bar_addr(&self) -> u64 {
+        self.config.bar_addr(0).unwrap_or(0)
+    }
+
+    /// Name of the wrapped device.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue notification events (for ioeventfd registration).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// Guest-physical address of the notify register of queue `q`, relative to BAR 0.
+    pub fn notify_offset(q: usize) -> u64 {
+        NOTIFY + q as u64 * u64::from(NOTIFY_MULTIPLIER)
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | F_VERSION_1
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        for e in &self.queue_evts {
+            let _ = e.read();
+        }
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        self.status = 0;
+        self.ints.isr.store(0, Ordering::SeqCst);
+        self.ints.needs_reset.store(false, Ordering::SeqCst);
+        *self
+            .ints
+            .config_vector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = NO_VECTOR;
+        self.ints
+            .vectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill(NO_VECTOR);
+    }
+
+    fn activate(&mut self) {
+        let mut queues = Vec::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                tracing::error!(
+                    "{}: queue {i} has invalid addresses or size; device needs reset",
+                    self.name
+                );
+                self.ints.needs_reset();
+                return;
+            }
+            let evt = match self.queue_evts[i].try_clone() {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!("{}: cannot clone queue event: {e}", self.name);
+                    self.ints.needs_reset();
+                    return;
+                }
+            };
+            let mut q = match Queue::try_from(q.state()) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::error!(
+                        "{}: queue {i} state rejected: {e}; device needs reset",
+                        self.name
+                    );
+                    self.ints.needs_reset();
+                    return;
+                }
+            };
+            q.set_event_idx(self.driver_features & super::F_EVENT_IDX != 0);
+            queues.push((q, evt));
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.ints.clone(),
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(ctx) {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                tracing::error!("{}: activation failed: {e}; device needs reset", self.name);
+                self.ints.needs_reset();
+            }
+        }
+    }
+
+    fn set_status(&mut self, v: u8) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let mut v = v;
+        if v & status::FEATURES_OK != 0
+            && self.status & status::FEATURES_OK == 0
+            && self.driver_features & F_VERSION_1 == 0
+        {
+            tracing::warn!(
+                "{}: driver did not accept VERSION_1; FEATURES_OK refused",
+                self.name
+            );
+            v &= !status::FEATURES_OK;
+        }
+        self.status = v;
+        if !self.activated
+            && v & status::DRIVER_OK != 0
+            && v & status::FEATURES_OK != 0
+            && v & status::FAILED == 0
+        {
+            self.activate();
+        }
+    }
+
+    fn common_read(&self, offset: u64, data: &mut [u8]) {
+        let q = self.queues.get(usize::from(self.queue_select));
+        let vectors = self.ints.vectors.lock().unwrap_or_else(|e| e.into_inner());
+        let val: u64 = match offset {
+            0x00 => u64::from(self.device_feature_select),
+            0x04 => match self.device_feature_select {
+                0 => self.offered_features() & 0xffff_ffff,
+                1 => self.offered_features() >> 32,
+                _ => 0,
+            },
+            0x08 => u64::from(self.driver_feature_select),
+            0x0c => match self.driver_feature_select {
+                0 => self.driver_features & 0xffff_ffff,
+                1 => self.driver_features >> 32,
+                _ => 0,
+            },
+            0x10 => u64::from(
+                *self
+                    .ints
+                    .config_vector
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
+            0x12 => self.queues.len() as u64,
+            0x14 => {
+                let mut s = self.status;
+                if self.ints.needs_reset.load(Ordering::SeqCst) {
+                    s |= status::NEEDS_RESET;
+                }
+                u64::from(s)
+            }
+            0x15 => u64::from(self.config_generation),
+            0x16 => u64::from(self.queue_select),
+            0x18 => q.map_or(0, |q| u64::from(q.size())),
+            0x1a => vectors
+                .get(usize::from(self.queue_select))
+                .map_or(u64::from(NO_VECTOR), |v| u64::from(*v)),
+            0x1c => q.map_or(0, |q| u64::from(q.ready())),
+            0x1e => u64::from(self.queue_select),
+            0x20 => q.map_or(0, |q| q.desc_table()),
+            0x24 => q.map_or(0, |q| q.desc_table() >> 32),
+            0x28 => q.map_or(0, |q| q.avail_ring()),
+            0x2c => q.map_or(0, |q| q.avail_ring() >> 32),
+            0x30 => q.map_or(0, |q| q.used_ring()),
+            0x34 => q.map_or(0, |q| q.used_ring() >> 32),
+            _ => 0,
+        };
+        let bytes = val.to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        let v = u64::from_le_bytes(b);
+        let sel = usize::from(self.queue_select);
+        let live = self.activated;
+        match offset {
+            0x00 => self.device_feature_select = v as u32,
+            0x08 => self.driver_feature_select = v as u32,
+            0x0c if self.status & status::FEATURES_OK == 0 => {
+                let offered = self.offered_features();
+                let v = v & 0xffff_ffff;
+                match self.driver_feature_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | (v & offered);
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | ((v << 32) & offered);
+                    }
+                    _ => {}
+                }
+            }
+            0x10 => {
+                *self
+                    .ints
+                    .config_vector
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = v as u16;
+            }
+            0x14 => self.set_status(v as u8),
+            0x16 => self.queue_select = v as u16,
+            0x1a => {
+                if let Some(slot) = self
+                    .ints
+                    .vectors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(sel)
+                {
+                    *slot = v as u16;
+                }
+            }
+            _ if live => {
+                tracing::debug!(
+                    "{}: queue config write {offset:#x} after DRIVER_OK ignored",
+                    self.name
+                );
+            }
+            0x18 => {
+                if let Some(q) = self.queues.get_mut(sel) {
+                    q.set_size(v as u16);
+                }
+            }
+            0x1c => {
+                if let Some(q) = self.queues.get_mut(sel) {
+                    q.set_ready(v & 1 == 1);
+                }
+            }
+            0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34 => {
+                let Some(q) = self.queues.get_mut(sel) else {
+                    return;
+                };
+                let lo = (offset & 4 == 0).then_some(v as u32);
+                let hi = (offset & 4 != 0).then_some(v as u32);
+                match offset & !4 {
+                    0x20 => q.set_desc_table_address(lo, hi),
+                    0x28 => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for VirtioPciDevice {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let (region, off) = (offset & !(REGION - 1), offset & (REGION - 1));
+        if off + data.len() as u64 > REGION {
+            return;
+        }
+        match region {
+            COMMON => self.common_read(off, data),
+            ISR => {
+                if let Some(b) = data.first_mut() {
+                    *b = self.ints.isr.swap(0, Ordering::SeqCst);
+                }
+            }
+            DEVICE_CFG => self.device.read_config(off, data),
+            MSIX_TABLE => self
+                .ints
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_table(off, data),
+            MSIX_PBA => self
+                .ints
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read_pba(off, data),
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let (region, off) = (offset & !(REGION - 1), offset & (REGION - 1));
+        if off + data.len() as u64 > REGION {
+            return;
+        }
+        match region {
+            COMMON => self.common_write(off, data),
+            DEVICE_CFG => self.device.write_config(off, data),
+            NOTIFY => {
+                let q = (off / u64::from(NOTIFY_MULTIPLIER)) as usize;
+                if let Some(evt) = self.queue_evts.get(q) {
+                    let _ = evt.write(1);
+                }
+            }
+            MSIX_TABLE => self
+                .ints
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_table(off, data),
+            _ => {}
+        }
+    }
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config_read(&mut self, reg: usize, offset: u64, data: &mut [u8]) {
+        if reg == self.msix_cap / 4 {
+            // Message control reflects the live MSI-X state.
+            let ctrl = self
+                .ints
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .control();
+            let dword = (self.config.reg(reg) & 0xffff) | u32::from(ctrl) << 16;
+            let bytes = dword.to_le_bytes();
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = bytes.get(offset as usize + i).copied().unwrap_or(0xff);
+            }
+            return;
+        }
+        self.config.read(reg, offset, data);
+    }
+
+    fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Option<BarMove> {
+        let moved = self.config.write(reg, offset, data);
+        if reg == self.msix_cap / 4 {
+            let ctrl = (self.config.reg(reg) >> 16) as u16;
+            self.ints
+                .msix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_control(ctrl);
+        }
+        moved
+    }
+}
+
+impl Drop for VirtioPciDevice {
+    fn drop(&mut self) {
+        if self.activated {
+            self.device.reset();
+        }
+    }
+}

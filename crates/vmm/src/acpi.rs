@@ -1,0 +1,289 @@
+//! ACPI tables: RSDP, XSDT, FADT (PM1 block, power button, S5, reset register), FACS, DSDT (PCI
+//! host bridge, COM1, pvpanic, \_S5) and MADT (local APICs, IOAPIC, overrides).
+
+use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
+use acpi_tables::sdt::Sdt;
+use acpi_tables::Aml;
+use rxen_devices::legacy::acpi_pm::{
+    PM1_CNT_OFFSET, PM1_EVT_OFFSET, PM_BASE, PM_TMR_OFFSET, RESET_OFFSET, RESET_VALUE, S5_SLP_TYP,
+    SCI_IRQ,
+};
+use rxen_devices::legacy::pvpanic::PVPANIC_PORT;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::layout::{ACPI_SIZE, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START};
+use rxen_devices::GuestMemoryMmap;
+
+const OEM_ID: [u8; 6] = *b"RXEN  ";
+const OEM_TABLE: [u8; 8] = *b"RXENVMM ";
+
+/// Error writing the tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The tables do not fit in the reserved area.
+    #[error("ACPI tables need {0} bytes, more than the reserved area")]
+    TooLarge(u64),
+    /// Guest memory write failed.
+    #[error("Cannot write ACPI tables to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+}
+
+fn gas_io(sdt: &mut Sdt, off: usize, port: u16, width_bits: u8, access: u8) {
+    sdt.write_u8(off, 1); // system I/O
+    sdt.write_u8(off + 1, width_bits);
+    sdt.write_u8(off + 2, 0);
+    sdt.write_u8(off + 3, access);
+    sdt.write_u64(off + 4, u64::from(port));
+}
+
+fn fadt(dsdt: u64, facs: u64) -> Sdt {
+    let mut f = Sdt::new(*b"FACP", 276, 6, OEM_ID, OEM_TABLE, 1);
+    let pm1_evt = PM_BASE + PM1_EVT_OFFSET;
+    let pm1_cnt = PM_BASE + PM1_CNT_OFFSET;
+    let pm_tmr = PM_BASE + PM_TMR_OFFSET;
+    f.write_u32(36, facs as u32);
+    f.write_u32(40, dsdt as u32);
+    f.write_u8(45, 0); // preferred PM profile: unspecified
+    f.write_u16(46, SCI_IRQ as u16);
+    f.write_u32(48, 0); // no SMI command port: always in ACPI mode
+    f.write_u32(56, u32::from(pm1_evt));
+    f.write_u32(64, u32::from(pm1_cnt));
+    f.write_u32(76, u32::from(pm_tmr));
+    f.write_u8(88, 4); // PM1_EVT_LEN
+    f.write_u8(89, 2); // PM1_CNT_LEN
+    f.write_u8(91, 4); // PM_TMR_LEN
+    f.write_u16(96, 0x65); // C2 not supported
+    f.write_u16(98, 0x3e9); // C3 not supported
+    f.write_u8(108, 0x32); // CMOS century register
+                           // IAPC_BOOT_ARCH: legacy devices, 8042, no VGA, no ASPM control.
+    f.write_u16(109, 1 | 2 | 4 | 0x10);
+    // Flags: WBINVD, PROC_C1, SLP_BUTTON (none), RESET_REG_SUP. PWR_BUTTON clear = fixed button.
+    f.write_u32(112, 1 | (1 << 2) | (1 << 5) | (1 << 10));
+    gas_io(&mut f, 116, PM_BASE + RESET_OFFSET, 8, 1);
+    f.write_u8(128, RESET_VALUE);
+    f.write_u8(131, 3); // FADT minor version
+    f.write_u64(132, facs);
+    f.write_u64(140, dsdt);
+    gas_io(&mut f, 148, pm1_evt, 32, 0);
+    gas_io(&mut f, 172, pm1_cnt, 16, 0);
+    gas_io(&mut f, 208, pm_tmr, 32, 0);
+    f.write_u64(268, u64::from_le_bytes(*b"RXENKVM\0"));
+    f.update_checksum();
+    f
+}
+
+fn dsdt() -> Sdt {
+    let mut d = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
+    let mmio_max = (PCI_MMIO_END - 1) as u32;
+    // Each object is serialised in one statement so its temporaries live long enough.
+    aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &AddressSpace::new_bus_number(0u16, 0u16),
+                    &aml::IO::new(0xcf8, 0xcf8, 1, 8),
+                    &AddressSpace::new_io(0u16, 0xcf7u16, None),
+                    &AddressSpace::new_io(0xd00u16, 0xffffu16, None),
+                    &AddressSpace::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        PCI_MMIO_START as u32,
+                        mmio_max,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut d);
+    aml::Device::new(
+        "_SB_.COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &aml::ONE),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(0x3f8, 0x3f8, 0, 8),
+                    &aml::Interrupt::new(true, true, false, false, 4),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut d);
+    aml::Device::new(
+        "_SB_.PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMU0001"),
+            &aml::Name::new("_STA".into(), &0xfu8),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::IO::new(
+                    PVPANIC_PORT as u16,
+                    PVPANIC_PORT as u16,
+                    1,
+                    1,
+                )]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut d);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![
+            &(S5_SLP_TYP as u8),
+            &(S5_SLP_TYP as u8),
+            &aml::ZERO,
+            &aml::ZERO,
+        ]),
+    )
+    .to_aml_bytes(&mut d);
+    d.update_checksum();
+    d
+}
+
+fn madt(vcpus: u8) -> Sdt {
+    let mut m = Sdt::new(*b"APIC", 44, 4, OEM_ID, OEM_TABLE, 1);
+    m.write_u32(36, LAPIC_ADDR as u32);
+    m.write_u32(40, 1); // PCAT_COMPAT: dual 8259s present
+    for id in 0..vcpus {
+        m.append_slice(&[0, 8, id, id, 1, 0, 0, 0]);
+    }
+    let mut ioapic = vec![1u8, 12, 0, 0];
+    ioapic.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    ioapic.extend_from_slice(&0u32.to_le_bytes());
+    m.append_slice(&ioapic);
+    // IRQ0 -> GSI2 (PIT), edge/high.
+    let mut iso0 = vec![2u8, 10, 0, 0];
+    iso0.extend_from_slice(&2u32.to_le_bytes());
+    iso0.extend_from_slice(&0u16.to_le_bytes());
+    m.append_slice(&iso0);
+    // SCI: level triggered, active high.
+    let mut iso9 = vec![2u8, 10, 0, SCI_IRQ as u8];
+    iso9.extend_from_slice(&SCI_IRQ.to_le_bytes());
+    iso9.extend_from_slice(&0x000du16.to_le_bytes());
+    m.append_slice(&iso9);
+    // LINT1 of every processor is NMI.
+    m.append_slice(&[4, 6, 0xff, 0, 0, 1]);
+    m.update_checksum();
+    m
+}
+
+fn facs() -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+fn rsdp(xsdt: u64) -> Vec<u8> {
+    let mut r = vec![0u8; 36];
+    r[0..8].copy_from_slice(b"RSD PTR ");
+    r[9..15].copy_from_slice(&OEM_ID);
+    r[15] = 2;
+    r[20..24].copy_from_slice(&36u32.to_le_bytes());
+    r[24..32].copy_from_slice(&xsdt.to_le_bytes());
+    let sum = |b: &[u8]| b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+    r[8] = 0u8.wrapping_sub(sum(&r[0..20]));
+    r[32] = 0u8.wrapping_sub(sum(&r));
+    r
+}
+
+/// Writes all tables into the reserved ACPI area; returns the RSDP address.
+pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64, AcpiError> {
+    let align = |x: u64| (x + 63) & !63;
+    let rsdp_addr = ACPI_START;
+    let mut cur = align(rsdp_addr + 36);
+    let facs_addr = cur;
+    let facs = facs();
+    cur = align(cur + facs.len() as u64);
+    let dsdt_addr = cur;
+    let dsdt = dsdt();
+    cur = align(cur + dsdt.len() as u64);
+    let fadt_addr = cur;
+    let fadt = fadt(dsdt_addr, facs_addr);
+    cur = align(cur + fadt.len() as u64);
+    let madt_addr = cur;
+    let madt = madt(vcpus);
+    cur = align(cur + madt.len() as u64);
+    let xsdt_addr = cur;
+    let mut xsdt = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE, 1);
+    xsdt.append_slice(&fadt_addr.to_le_bytes());
+    xsdt.append_slice(&madt_addr.to_le_bytes());
+    xsdt.update_checksum();
+    cur += xsdt.len() as u64;
+    if cur > ACPI_START + ACPI_SIZE {
+        return Err(AcpiError::TooLarge(cur - ACPI_START));
+    }
+    let w = |addr: u64, b: &[u8]| {
+        mem.write_slice(b, GuestAddress(addr))
+            .map_err(AcpiError::Write)
+    };
+    w(rsdp_addr, &rsdp(xsdt_addr))?;
+    w(facs_addr, &facs)?;
+    w(dsdt_addr, dsdt.as_slice())?;
+    w(fadt_addr, fadt.as_slice())?;
+    w(madt_addr, madt.as_slice())?;
+    w(xsdt_addr, xsdt.as_slice())?;
+    Ok(rsdp_addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_links() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let rsdp_addr = write_tables(&mem, 2).unwrap();
+        let mut r = [0u8; 36];
+        mem.read_slice(&mut r, GuestAddress(rsdp_addr)).unwrap();
+        assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
+        let xsdt: u64 = mem.read_obj(GuestAddress(rsdp_addr + 24)).unwrap();
+        let read_table = |addr: u64| {
+            let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
+            let mut t = vec![0u8; len as usize];
+            mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+            t
+        };
+        let x = read_table(xsdt);
+        assert!(checksum_ok(&x));
+        let mut sigs = vec![];
+        for i in 0..(x.len() - 36) / 8 {
+            let a = u64::from_le_bytes(x[36 + 8 * i..44 + 8 * i].try_into().unwrap());
+            let t = read_table(a);
+            assert!(checksum_ok(&t), "{:?}", &t[..4]);
+            sigs.push(t[..4].to_vec());
+            if &t[..4] == b"FACP" {
+                let dsdt = u64::from_le_bytes(t[140..148].try_into().unwrap());
+                let d = read_table(dsdt);
+                assert_eq!(&d[..4], b"DSDT");
+                assert!(checksum_ok(&d));
+                assert!(d.windows(4).any(|w| w == b"_S5_"));
+            }
+            if &t[..4] == b"APIC" {
+                let (mut off, mut lapics) = (44, 0);
+                while off + 2 <= t.len() {
+                    lapics += usize::from(t[off] == 0);
+                    off += usize::from(t[off + 1]).max(1);
+                }
+                assert_eq!(off, t.len());
+                assert_eq!(lapics, 2);
+            }
+        }
+        assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+    }
+}

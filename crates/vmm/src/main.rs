@@ -1,0 +1,127 @@
+//! `rxen-vmm`: run one domain.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use rxen_vmm::config::{ConsoleConfig, DiskConfig, NetConfig, VmConfig};
+use rxen_vmm::{vm, ExitCode};
+
+/// The rxen per-domain VMM. Exit codes: 0 poweroff, 1 error, 2 usage, 3 reboot, 4 crash,
+/// 5 destroyed.
+#[derive(Parser, Debug)]
+#[command(name = "rxen-vmm", version)]
+struct Cli {
+    /// Kernel image (bzImage or ELF vmlinux; PVH entry used when present).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// COM1: stdio|pty|file:PATH|none[,log=PATH].
+    #[arg(long)]
+    serial: Option<ConsoleConfig>,
+    /// virtio console (hvc0): stdio|pty|file:PATH|none[,log=PATH].
+    #[arg(long)]
+    console: Option<ConsoleConfig>,
+    /// virtio-blk disk: path=PATH[,ro] (repeatable).
+    #[arg(long)]
+    disk: Vec<DiskConfig>,
+    /// virtio-net NIC: tap=NAME[,mac=MAC] (repeatable).
+    #[arg(long)]
+    net: Vec<NetConfig>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Control socket path (created with mode 0600).
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Domain name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Settings as JSON (`VmConfig`); command-line options override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
+    let mut cfg = match (&cli.config, &cli.kernel) {
+        (Some(p), _) => VmConfig::from_file(p)?,
+        (None, Some(k)) => VmConfig::new(k.clone()),
+        (None, None) => anyhow::bail!("--kernel or --config is required"),
+    };
+    if let Some(k) = cli.kernel {
+        cfg.kernel = k;
+    }
+    if cli.initrd.is_some() {
+        cfg.initrd = cli.initrd;
+    }
+    if cli.cmdline.is_some() {
+        cfg.cmdline = cli.cmdline;
+    }
+    if let Some(m) = cli.memory {
+        cfg.memory_mib = m;
+    }
+    if let Some(v) = cli.vcpus {
+        cfg.vcpus = v;
+    }
+    if let Some(s) = cli.serial {
+        cfg.serial = s;
+    }
+    if let Some(c) = cli.console {
+        cfg.console = c;
+    }
+    cfg.disks.extend(cli.disk);
+    cfg.nets.extend(cli.net);
+    cfg.rng |= cli.rng;
+    if cli.api_socket.is_some() {
+        cfg.api_socket = cli.api_socket;
+    }
+    if cli.name.is_some() {
+        cfg.name = cli.name;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let cfg = match build_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rxen-vmm: {e:#}");
+            std::process::exit(ExitCode::Usage as i32);
+        }
+    };
+    vm::block_termination_signals();
+    let code = match vm::Vm::new(cfg) {
+        Ok(v) => v.run(),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cur = c.source();
+            }
+            tracing::error!("{msg}");
+            ExitCode::Error
+        }
+    };
+    std::process::exit(code as i32);
+}

@@ -1,0 +1,1076 @@
+//! Building a domain from a [`VmConfig`] and running it: the VMM thread's event loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use rxen_devices::interrupt::{IrqLine, MsiSender};
+use rxen_devices::legacy::{
+    acpi_pm, cmos, i8042, pvpanic, serial, AcpiPm, Cmos, PvPanic, Serial, I8042,
+};
+use rxen_devices::pci::{PciRoot, PCI_CONFIG_PORT};
+use rxen_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use rxen_devices::virtio::{block::Block, console::Console, net::Net, rng::Rng, tap, VirtioDevice};
+use rxen_devices::{Bus, GuestEvent, GuestEventSink, GuestMemoryMmap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::api::{self, Command, ConsoleInfo, Event, EventKind, Info, Response, VcpuInfo};
+use crate::config::{parse_mac, ConsoleMode, VmConfig};
+use crate::cpu::{self, RunState, VcpuControl, VcpuExitReason};
+use crate::layout::*;
+use crate::{acpi, boot, console, ExitCode};
+
+/// Errors building or running a domain.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A KVM ioctl failed.
+    #[error("KVM: {op} failed")]
+    Kvm {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be allocated.
+    #[error("Cannot allocate {mib} MiB of guest memory: {reason}")]
+    Memory {
+        /// Size.
+        mib: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Loading the kernel failed.
+    #[error("Boot setup failed")]
+    Boot(#[from] boot::BootError),
+    /// ACPI table generation failed.
+    #[error("ACPI setup failed")]
+    Acpi(#[from] acpi::AcpiError),
+    /// vCPU setup failed.
+    #[error("vCPU setup failed")]
+    Cpu(#[from] cpu::CpuError),
+    /// A console could not be connected.
+    #[error("Console setup failed")]
+    Console(#[from] console::ConsoleError),
+    /// A device could not be created.
+    #[error("Device {what} setup failed: {reason}")]
+    Device {
+        /// Device.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The config is invalid.
+    #[error("Invalid configuration")]
+    Config(#[from] crate::config::ConfigError),
+    /// Host I/O failed.
+    #[error("{what} failed")]
+    Io {
+        /// What.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Io { what, source }
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+struct KvmIrq {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl IrqLine for KvmIrq {
+    fn pulse(&self) {
+        let _ = self.vm.set_irq_line(self.gsi, true);
+        let _ = self.vm.set_irq_line(self.gsi, false);
+    }
+    fn set_level(&self, high: bool) {
+        let _ = self.vm.set_irq_line(self.gsi, high);
+    }
+}
+
+struct KvmMsi {
+    vm: Arc<VmFd>,
+}
+
+impl MsiSender for KvmMsi {
+    fn send_msi(&self, address: u64, data: u32) -> bool {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        matches!(self.vm.signal_msi(msi), Ok(n) if n > 0)
+    }
+}
+
+enum Internal {
+    Guest(GuestEvent, String),
+    VmmError(String),
+}
+
+struct ChannelSink {
+    tx: Mutex<mpsc::Sender<Internal>>,
+    evt: EventFd,
+}
+
+impl ChannelSink {
+    fn send(&self, m: Internal) {
+        let _ = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(m);
+        let _ = self.evt.write(1);
+    }
+}
+
+impl GuestEventSink for ChannelSink {
+    fn guest_event(&self, event: GuestEvent, why: &str) {
+        self.send(Internal::Guest(event, why.to_string()));
+    }
+}
+
+struct VcpuHandle {
+    thread: JoinHandle<VcpuExitReason>,
+}
+
+/// A built, not yet running domain.
+pub struct Vm {
+    cfg: VmConfig,
+    _vm_fd: Arc<VmFd>,
+    _mem: GuestMemoryMmap,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<Serial>>,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+    control: Arc<VcpuControl>,
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    vcpus: Vec<VcpuHandle>,
+    sink: Arc<ChannelSink>,
+    events_rx: mpsc::Receiver<Internal>,
+    serial_input: Option<File>,
+    serial_info: ConsoleInfo,
+    console_info: ConsoleInfo,
+    _serial_backend_keep: Vec<console::ConsoleBackend>,
+    virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    _stdin_guard: Option<console::StdinRawGuard>,
+}
+
+fn console_info(mode: &ConsoleMode, pty: Option<String>) -> ConsoleInfo {
+    match mode {
+        ConsoleMode::Stdio => ConsoleInfo {
+            mode: "stdio".into(),
+            path: None,
+        },
+        ConsoleMode::Pty => ConsoleInfo {
+            mode: "pty".into(),
+            path: pty,
+        },
+        ConsoleMode::File(p) => ConsoleInfo {
+            mode: "file".into(),
+            path: Some(p.display().to_string()),
+        },
+        ConsoleMode::None => ConsoleInfo {
+            mode: "none".into(),
+            path: None,
+        },
+    }
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut r = [0u8; 3];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut r);
+    }
+    [0x00, 0x16, 0x3e, r[0] & 0x7f, r[1], r[2]]
+}
+
+impl Vm {
+    /// Builds the domain: KVM VM, memory, devices, boot state and (parked) vCPUs.
+    pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
+        cfg.validate()?;
+        let mem_bytes = cfg.memory_mib << 20;
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if let Err(e) = vm_fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR) {
+            tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR: {e}");
+        }
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let mem = boot::create_memory(mem_bytes).map_err(|e| VmError::Memory {
+            mib: cfg.memory_mib,
+            reason: e.to_string(),
+        })?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the Vm keeps for the
+            // lifetime of the VM fd; slots do not overlap.
+            unsafe { vm_fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let (tx, events_rx) = mpsc::channel();
+        let sink = Arc::new(ChannelSink {
+            tx: Mutex::new(tx),
+            evt: EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?,
+        });
+        let irq = |gsi| -> Arc<dyn IrqLine> {
+            Arc::new(KvmIrq {
+                vm: vm_fd.clone(),
+                gsi,
+            })
+        };
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+
+        // Consoles. stdin goes to the serial port when both are stdio.
+        let mut stdin_guard = None;
+        let serial_be = console::connect(&cfg.serial, true)?;
+        let console_be = if cfg.console.mode != ConsoleMode::None {
+            Some(console::connect(
+                &cfg.console,
+                cfg.serial.mode != ConsoleMode::Stdio,
+            )?)
+        } else {
+            None
+        };
+        if cfg.serial.mode == ConsoleMode::Stdio || cfg.console.mode == ConsoleMode::Stdio {
+            stdin_guard = Some(console::StdinRawGuard::new());
+        }
+        let serial_info = console_info(&cfg.serial.mode, serial_be.pty_path.clone());
+        let console_info_v = console_info(
+            &cfg.console.mode,
+            console_be.as_ref().and_then(|c| c.pty_path.clone()),
+        );
+        if let Some(p) = &serial_info.path {
+            tracing::info!("serial console on {p}");
+        }
+        if let Some(p) = &console_info_v.path {
+            tracing::info!("virtio console on {p}");
+        }
+
+        let mut serial_be = serial_be;
+        let serial_out = std::mem::replace(&mut serial_be.output, Box::new(std::io::sink()));
+        let serial_input = serial_be.input.take();
+        let serial = Arc::new(Mutex::new(Serial::new(irq(serial::COM1_IRQ), serial_out)));
+        let ev: Arc<dyn GuestEventSink> = sink.clone();
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(irq(acpi_pm::SCI_IRQ), ev.clone())));
+        let offset = cfg
+            .rtc
+            .timeoffset_secs
+            .saturating_add(if cfg.rtc.localtime {
+                local_utc_offset()
+            } else {
+                0
+            });
+        let low = mem_bytes.min(MMIO32_START);
+        let cmos = Cmos::new(offset, low, mem_bytes - low);
+        let dev_err = |what: &str| {
+            let what = what.to_string();
+            move |e: rxen_devices::bus::BusError| VmError::Device {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        pio.insert(serial.clone(), serial::COM1_BASE, 8)
+            .map_err(dev_err("serial"))?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(ev.clone()))),
+            i8042::I8042_DATA,
+            5,
+        )
+        .map_err(dev_err("i8042"))?;
+        pio.insert(Arc::new(Mutex::new(cmos)), cmos::CMOS_BASE, 2)
+            .map_err(dev_err("cmos"))?;
+        pio.insert(
+            Arc::new(Mutex::new(PvPanic::new(ev.clone()))),
+            pvpanic::PVPANIC_PORT,
+            1,
+        )
+        .map_err(dev_err("pvpanic"))?;
+        pio.insert(
+            acpi_pm.clone(),
+            u64::from(acpi_pm::PM_BASE),
+            acpi_pm::PM_LEN,
+        )
+        .map_err(dev_err("acpi-pm"))?;
+        let pci_root = Arc::new(Mutex::new(PciRoot::new(mmio.clone())));
+        pio.insert(pci_root.clone(), PCI_CONFIG_PORT, 8)
+            .map_err(dev_err("pci"))?;
+
+        // virtio devices.
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        let mut keep = vec![serial_be];
+        if let Some(mut be) = console_be {
+            let out = std::mem::replace(&mut be.output, Box::new(std::io::sink()));
+            devices.push(Box::new(Console::new(out, be.input.take())));
+            keep.push(be);
+        }
+        for (i, d) in cfg.disks.iter().enumerate() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(!d.readonly)
+                .open(&d.path)
+                .map_err(io_err(format!("open disk {}", d.path.display())))?;
+            let blk = Block::new(file, d.readonly, &format!("rxen-disk{i}"), i).map_err(|e| {
+                VmError::Device {
+                    what: format!("disk {}", d.path.display()),
+                    reason: e.to_string(),
+                }
+            })?;
+            devices.push(Box::new(blk));
+        }
+        for (i, n) in cfg.nets.iter().enumerate() {
+            let mac = match &n.mac {
+                Some(m) => parse_mac(m)?,
+                None => random_mac(),
+            };
+            let tap = tap::open_tap(&n.tap).map_err(|e| VmError::Device {
+                what: format!("tap {}", n.tap),
+                reason: format!("{e}: {}", e.source_chain()),
+            })?;
+            devices.push(Box::new(Net::new(tap, mac, i)));
+        }
+        if cfg.rng {
+            devices.push(Box::new(Rng::new()));
+        }
+        let msi: Arc<dyn MsiSender> = Arc::new(KvmMsi { vm: vm_fd.clone() });
+        let intx_lines = [5u32, 10, 11];
+        let mut virtio = Vec::new();
+        for (i, d) in devices.into_iter().enumerate() {
+            let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
+            let gsi = intx_lines[i % intx_lines.len()];
+            let name = d.name();
+            let dev = VirtioPciDevice::new(
+                d,
+                mem.clone(),
+                msi.clone(),
+                bar,
+                Some((irq(gsi), gsi as u8)),
+            )
+            .map_err(|e| VmError::Device {
+                what: name.clone(),
+                reason: e.to_string(),
+            })?;
+            let dev = Arc::new(Mutex::new(dev));
+            mmio.insert(dev.clone(), bar, BAR_SIZE)
+                .map_err(dev_err(&name))?;
+            let slot = pci_root
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_device(dev.clone())
+                .ok_or_else(|| VmError::Device {
+                    what: name.clone(),
+                    reason: "no free PCI slot".into(),
+                })?;
+            tracing::debug!("{name} at 00:{slot:02x}.0, BAR0 {bar:#x}");
+            virtio.push(dev);
+        }
+
+        // Guest image.
+        let rsdp = acpi::write_tables(&mem, cfg.vcpus)?;
+        let cmdline = cfg
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| "console=ttyS0".to_string());
+        let boot_info = boot::load(
+            &mem,
+            mem_bytes,
+            &cfg.kernel,
+            cfg.initrd.as_deref(),
+            &cmdline,
+            rsdp,
+        )?;
+        tracing::debug!("entry {:#x} ({:?})", boot_info.entry, boot_info.mode);
+
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpu_fds = Vec::new();
+        for id in 0..cfg.vcpus {
+            let v = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            cpu::configure_vcpu(&v, id, cfg.vcpus, &cpuid, &boot_info)?;
+            vcpu_fds.push(v);
+        }
+        let kick_signal = vmm_sys_util::signal::SIGRTMIN();
+        vmm_sys_util::signal::register_signal_handler(kick_signal, cpu::kick_handler).map_err(
+            |e| VmError::Io {
+                what: "register vCPU kick signal".into(),
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            },
+        )?;
+
+        Ok(Self {
+            cfg,
+            _vm_fd: vm_fd,
+            _mem: mem,
+            pio,
+            mmio,
+            serial,
+            acpi_pm,
+            control: Arc::new(VcpuControl::new(kick_signal)),
+            vcpu_fds,
+            vcpus: vec![],
+            sink,
+            events_rx,
+            serial_input,
+            serial_info,
+            console_info: console_info_v,
+            _serial_backend_keep: keep,
+            virtio,
+            _stdin_guard: stdin_guard,
+        })
+    }
+
+    fn start_vcpus(&mut self) -> Result<(), VmError> {
+        for (id, fd) in self.vcpu_fds.drain(..).enumerate() {
+            let pio = self.pio.clone();
+            let mmio = self.mmio.clone();
+            let control = self.control.clone();
+            let sink = self.sink.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let ev: Arc<dyn GuestEventSink> = sink.clone();
+                    let r = cpu::run_vcpu(fd, id as u8, pio, mmio, control, ev);
+                    if let VcpuExitReason::Error(m) = &r {
+                        sink.send(Internal::VmmError(m.clone()));
+                    }
+                    r
+                })
+                .map_err(io_err("spawn vCPU thread"))?;
+            self.vcpus.push(VcpuHandle { thread });
+        }
+        Ok(())
+    }
+
+    fn kick_all(&self) {
+        for v in &self.vcpus {
+            if !v.thread.is_finished() {
+                // SAFETY: pthread_kill on a live thread of this process with our kick signal,
+                // whose handler is installed.
+                unsafe { libc::pthread_kill(v.thread.as_pthread_t(), self.control.kick_signal) };
+            }
+        }
+    }
+
+    fn live_vcpus(&self) -> usize {
+        self.vcpus
+            .iter()
+            .filter(|v| !v.thread.is_finished())
+            .count()
+    }
+
+    fn stop_vcpus(&mut self) {
+        self.control.set_state(RunState::Stopping);
+        for _ in 0..2000 {
+            if self.vcpus.iter().all(|v| v.thread.is_finished()) {
+                break;
+            }
+            self.kick_all();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for v in self.vcpus.drain(..) {
+            if v.thread.is_finished() {
+                let _ = v.thread.join();
+            }
+        }
+    }
+
+    fn info(&self) -> Info {
+        let vcpus = self
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(id, v)| VcpuInfo {
+                id: id as u8,
+                cpu_time_ns: thread_cpu_time(v.thread.as_pthread_t()),
+            })
+            .collect();
+        Info {
+            name: self.cfg.name.clone(),
+            state: match self.control.state() {
+                RunState::Paused => "paused".into(),
+                _ => "running".into(),
+            },
+            pid: std::process::id(),
+            memory_mib: self.cfg.memory_mib,
+            rss_kib: rss_kib(),
+            vcpus,
+            serial: self.serial_info.clone(),
+            console: self.console_info.clone(),
+        }
+    }
+
+    /// Runs the domain until it ends; returns the process exit code.
+    pub fn run(mut self) -> ExitCode {
+        let mut server = match ApiServer::new(self.cfg.api_socket.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::Error;
+            }
+        };
+        let signals = match SignalFd::new() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("signalfd: {e}");
+                return ExitCode::Error;
+            }
+        };
+        if let Err(e) = self.start_vcpus() {
+            tracing::error!("{e}");
+            return ExitCode::Error;
+        }
+        let (code, kind, reason) = match self.event_loop(&mut server, &signals) {
+            Ok(r) => r,
+            Err(e) => (ExitCode::Error, EventKind::Error, e.to_string()),
+        };
+        match code {
+            ExitCode::Error => tracing::error!("domain ended: {reason}"),
+            _ => tracing::info!("domain ended: {reason}"),
+        }
+        self.stop_vcpus();
+        for d in self.virtio.drain(..) {
+            drop(d);
+        }
+        server.broadcast(&Event {
+            v: api::API_VERSION,
+            event: kind,
+            reason,
+            exit_code: Some(code as i32),
+        });
+        server.cleanup();
+        code
+    }
+
+    fn event_loop(
+        &mut self,
+        server: &mut ApiServer,
+        signals: &SignalFd,
+    ) -> Result<(ExitCode, EventKind, String), VmError> {
+        const T_EVENTS: u64 = 0;
+        const T_SIGNAL: u64 = 1;
+        const T_LISTEN: u64 = 2;
+        const T_SERIAL_IN: u64 = 3;
+        const T_CLIENT: u64 = 100;
+        let epoll = Epoll::new().map_err(io_err("epoll"))?;
+        let add = |fd: RawFd, token: u64| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(io_err("epoll add"))
+        };
+        add(self.sink.evt.as_raw_fd(), T_EVENTS)?;
+        add(signals.fd(), T_SIGNAL)?;
+        if let Some(l) = &server.listener {
+            add(l.as_raw_fd(), T_LISTEN)?;
+        }
+        if let Some(i) = &self.serial_input {
+            add(i.as_raw_fd(), T_SERIAL_IN)?;
+        }
+        let mut serial_pending: VecDeque<u8> = VecDeque::new();
+        let mut serial_armed = true;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            // Feed pending serial input as the guest drains the FIFO.
+            if !serial_pending.is_empty() {
+                let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                let chunk: Vec<u8> = serial_pending.iter().copied().take(64).collect();
+                let n = s.enqueue_input(&chunk);
+                serial_pending.drain(..n);
+            }
+            let want = serial_pending.len() < 4096;
+            if let Some(i) = &self.serial_input {
+                if want != serial_armed {
+                    let set = if want {
+                        EventSet::IN
+                    } else {
+                        EventSet::empty()
+                    };
+                    let _ = epoll.ctl(
+                        ControlOperation::Modify,
+                        i.as_raw_fd(),
+                        EpollEvent::new(set, T_SERIAL_IN),
+                    );
+                    serial_armed = want;
+                }
+            }
+            let timeout = if serial_pending.is_empty() { -1 } else { 10 };
+            let n = match epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("epoll wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    T_EVENTS => {
+                        let _ = self.sink.evt.read();
+                        if let Ok(m) = self.events_rx.try_recv() {
+                            return Ok(match m {
+                                Internal::Guest(GuestEvent::PowerOff, r) => {
+                                    (ExitCode::PowerOff, EventKind::PoweredOff, r)
+                                }
+                                Internal::Guest(GuestEvent::Reboot, r) => {
+                                    (ExitCode::Reboot, EventKind::Rebooted, r)
+                                }
+                                Internal::Guest(GuestEvent::Crash, r) => {
+                                    (ExitCode::Crash, EventKind::Crashed, r)
+                                }
+                                Internal::VmmError(r) => (ExitCode::Error, EventKind::Error, r),
+                            });
+                        }
+                    }
+                    T_SIGNAL => {
+                        let sig = signals.read();
+                        return Ok((
+                            ExitCode::Destroyed,
+                            EventKind::Destroyed,
+                            format!("signal {sig} received"),
+                        ));
+                    }
+                    T_LISTEN => {
+                        if let Some(token) = server.accept(T_CLIENT) {
+                            if let Some(c) = server.clients.get(&token) {
+                                add(c.stream.as_raw_fd(), token)?;
+                            }
+                        }
+                    }
+                    T_SERIAL_IN => {
+                        let mut buf = [0u8; 1024];
+                        let r = match &mut self.serial_input {
+                            Some(f) => f.read(&mut buf),
+                            None => Ok(0),
+                        };
+                        match r {
+                            Ok(0) => {
+                                if let Some(f) = self.serial_input.take() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        f.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                }
+                            }
+                            Ok(n) => serial_pending.extend(&buf[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => {
+                                tracing::warn!("serial input: {e}; detached");
+                                if let Some(f) = self.serial_input.take() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        f.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    token => {
+                        let reqs = server.read_requests(token);
+                        for r in reqs {
+                            match r {
+                                Err((id, msg)) => server.reply(token, id, Err(msg)),
+                                Ok(req) => {
+                                    if let Some(end) = self.handle(server, token, req) {
+                                        return Ok(end);
+                                    }
+                                }
+                            }
+                        }
+                        if server.is_closed(token) {
+                            if let Some(c) = server.clients.remove(&token) {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    c.stream.as_raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        server: &mut ApiServer,
+        token: u64,
+        req: api::Request,
+    ) -> Option<(ExitCode, EventKind, String)> {
+        let id = req.id;
+        let ok = serde_json::Value::Null;
+        match req.command {
+            Command::Version => server.reply(
+                token,
+                id,
+                Ok(serde_json::json!({"api": api::API_VERSION, "vmm": env!("CARGO_PKG_VERSION")})),
+            ),
+            Command::Info => {
+                let info = serde_json::to_value(self.info()).unwrap_or_default();
+                server.reply(token, id, Ok(info));
+            }
+            Command::Pause => {
+                self.control.set_state(RunState::Paused);
+                let n = self.live_vcpus();
+                if self.control.wait_parked(n, || self.kick_all()) {
+                    server.reply(token, id, Ok(ok));
+                    server.broadcast(&Event {
+                        v: api::API_VERSION,
+                        event: EventKind::Paused,
+                        reason: "pause requested".into(),
+                        exit_code: None,
+                    });
+                } else {
+                    server.reply(token, id, Err("vCPUs did not stop in time".into()));
+                }
+            }
+            Command::Unpause => {
+                self.control.set_state(RunState::Running);
+                server.reply(token, id, Ok(ok));
+                server.broadcast(&Event {
+                    v: api::API_VERSION,
+                    event: EventKind::Resumed,
+                    reason: "unpause requested".into(),
+                    exit_code: None,
+                });
+            }
+            Command::Shutdown => {
+                self.acpi_pm
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .power_button();
+                server.reply(token, id, Ok(ok));
+            }
+            Command::Reboot => {
+                server.reply(token, id, Ok(ok));
+                return Some((
+                    ExitCode::Reboot,
+                    EventKind::Rebooted,
+                    "reboot requested via API".into(),
+                ));
+            }
+            Command::Destroy => {
+                server.reply(token, id, Ok(ok));
+                return Some((
+                    ExitCode::Destroyed,
+                    EventKind::Destroyed,
+                    "destroy requested via API".into(),
+                ));
+            }
+            Command::Subscribe => {
+                if let Some(c) = server.clients.get_mut(&token) {
+                    c.subscribed = true;
+                }
+                server.reply(token, id, Ok(ok));
+            }
+        }
+        None
+    }
+}
+
+/// Seconds east of UTC of the host's local time zone.
+fn local_utc_offset() -> i64 {
+    // SAFETY: time/localtime_r fill the provided struct; no shared state is returned.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            0
+        } else {
+            tm.tm_gmtoff
+        }
+    }
+}
+
+fn thread_cpu_time(t: libc::pthread_t) -> u64 {
+    let mut clk: libc::clockid_t = 0;
+    // SAFETY: pthread_getcpuclockid writes a clock id for a live thread; clock_gettime fills ts.
+    unsafe {
+        if libc::pthread_getcpuclockid(t, &mut clk) != 0 {
+            return 0;
+        }
+        let mut ts: libc::timespec = std::mem::zeroed();
+        if libc::clock_gettime(clk, &mut ts) != 0 {
+            return 0;
+        }
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pages * page / 1024
+}
+
+/// SIGTERM/SIGINT/SIGHUP as a file descriptor (the signals are blocked in every thread).
+struct SignalFd(File);
+
+impl SignalFd {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: sigset manipulation on a local set; signalfd returns a new fd or -1.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Self(File::from_raw_fd(fd)))
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn read(&self) -> u32 {
+        let mut info = [0u8; 128];
+        match (&self.0).read(&mut info) {
+            Ok(128) => u32::from_le_bytes([info[0], info[1], info[2], info[3]]),
+            _ => 0,
+        }
+    }
+}
+
+/// Blocks the termination signals in the calling thread (call before spawning threads so they
+/// inherit the mask and the signalfd sees them).
+pub fn block_termination_signals() {
+    // SAFETY: as in SignalFd::new.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    subscribed: bool,
+    closed: bool,
+}
+
+struct ApiServer {
+    path: Option<PathBuf>,
+    listener: Option<UnixListener>,
+    clients: HashMap<u64, Client>,
+    next_token: u64,
+}
+
+const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+impl ApiServer {
+    fn new(path: Option<PathBuf>) -> Result<Self, VmError> {
+        let listener = match &path {
+            None => None,
+            Some(p) => {
+                if let Ok(md) = std::fs::symlink_metadata(p) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if md.file_type().is_socket() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                // SAFETY: umask only changes this process's file-creation mask.
+                let old = unsafe { libc::umask(0o177) };
+                let l = UnixListener::bind(p);
+                // SAFETY: as above, restoring the previous mask.
+                unsafe { libc::umask(old) };
+                let l = l.map_err(io_err(format!("bind API socket {}", p.display())))?;
+                l.set_nonblocking(true).map_err(io_err("API socket"))?;
+                Some(l)
+            }
+        };
+        Ok(Self {
+            path,
+            listener,
+            clients: HashMap::new(),
+            next_token: 0,
+        })
+    }
+
+    fn accept(&mut self, base: u64) -> Option<u64> {
+        let l = self.listener.as_ref()?;
+        let (s, _) = l.accept().ok()?;
+        s.set_nonblocking(true).ok()?;
+        let token = base + self.next_token;
+        self.next_token += 1;
+        self.clients.insert(
+            token,
+            Client {
+                stream: s,
+                buf: vec![],
+                subscribed: false,
+                closed: false,
+            },
+        );
+        Some(token)
+    }
+
+    fn read_requests(&mut self, token: u64) -> Vec<Result<api::Request, (u64, String)>> {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return vec![];
+        };
+        let mut tmp = [0u8; 4096];
+        loop {
+            match c.stream.read(&mut tmp) {
+                Ok(0) => {
+                    c.closed = true;
+                    break;
+                }
+                Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    c.closed = true;
+                    break;
+                }
+            }
+            if c.buf.len() > MAX_REQUEST_LINE {
+                break;
+            }
+        }
+        let mut out = vec![];
+        while let Some(pos) = c.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = c.buf.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            if text.trim().is_empty() {
+                continue;
+            }
+            out.push(api::parse_request(text.trim()));
+        }
+        if c.buf.len() > MAX_REQUEST_LINE {
+            out.push(Err((0, "request line too long".into())));
+            c.closed = true;
+        }
+        out
+    }
+
+    fn is_closed(&self, token: u64) -> bool {
+        self.clients.get(&token).is_none_or(|c| c.closed)
+    }
+
+    fn send_line(c: &mut Client, line: &str) {
+        let _ = c.stream.set_nonblocking(false);
+        let _ = c
+            .stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        if c.stream.write_all(line.as_bytes()).is_err() {
+            c.closed = true;
+        }
+        let _ = c.stream.set_nonblocking(true);
+    }
+
+    fn reply(&mut self, token: u64, id: u64, r: Result<serde_json::Value, String>) {
+        let resp = match r {
+            Ok(v) => Response {
+                v: api::API_VERSION,
+                id,
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response {
+                v: api::API_VERSION,
+                id,
+                ok: false,
+                result: None,
+                error: Some(e),
+            },
+        };
+        if let (Some(c), Ok(mut line)) =
+            (self.clients.get_mut(&token), serde_json::to_string(&resp))
+        {
+            line.push('\n');
+            Self::send_line(c, &line);
+        }
+    }
+
+    fn broadcast(&mut self, ev: &Event) {
+        let Ok(mut line) = serde_json::to_string(ev) else {
+            return;
+        };
+        line.push('\n');
+        for c in self.clients.values_mut().filter(|c| c.subscribed) {
+            Self::send_line(c, &line);
+        }
+    }
+
+    fn cleanup(&mut self) {
+        self.clients.clear();
+        self.listener = None;
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+trait SourceChain {
+    fn source_chain(&self) -> String;
+}
+
+impl<E: std::error::Error> SourceChain for E {
+    fn source_chain(&self) -> String {
+        let mut s = vec![];
+        let mut cur = self.source();
+        while let Some(c) = cur {
+            s.push(c.to_string());
+            cur = c.source();
+        }
+        s.join(": ")
+    }
+}
