@@ -37,3 +37,155 @@ fn serial_output_then_acpi_poweroff_exits_0() {
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     assert_eq!(r.stdout, "Hello from rxen\n");
 }
+
+fn run_simple(name: &str, body: &str, extra: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let k = build_guest(dir.path(), name, &guest(body));
+    let mut args = vec![
+        "--kernel",
+        k.to_str().unwrap(),
+        "--memory",
+        "32",
+        "--serial",
+        "stdio",
+    ];
+    args.extend_from_slice(extra);
+    run_vmm(&args, T)
+}
+
+#[test]
+fn pvpanic_write_exits_with_crash_code() {
+    if setup().is_none() {
+        return;
+    }
+    let r = run_simple(
+        "panic",
+        "mov $0x505, %dx\nmov $1, %al\nout %al, (%dx)\n1: hlt\njmp 1b\n",
+        &[],
+    );
+    assert_eq!(r.code, Some(4), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("pvpanic"), "{}", r.stderr);
+}
+
+#[test]
+fn triple_fault_exits_with_reboot_code() {
+    if setup().is_none() {
+        return;
+    }
+    let r = run_simple(
+        "triple",
+        "lidt idt0(%rip)\nud2\nidt0: .word 0\n.quad 0\n",
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("triple fault"), "{}", r.stderr);
+}
+
+#[test]
+fn i8042_reset_and_acpi_reset_register_reboot() {
+    if setup().is_none() {
+        return;
+    }
+    let r = run_simple(
+        "kbd",
+        "mov $0xfe, %al\nout %al, $0x64\n1: hlt\njmp 1b\n",
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("i8042"), "{}", r.stderr);
+    let r = run_simple(
+        "acpireset",
+        "mov $0x60c, %dx\nmov $1, %al\nout %al, (%dx)\n1: hlt\njmp 1b\n",
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("ACPI reset"), "{}", r.stderr);
+}
+
+#[test]
+fn out_of_range_pio_and_mmio_are_harmless() {
+    if setup().is_none() {
+        return;
+    }
+    // Unclaimed ports and MMIO read as all-ones; writes are dropped; the guest carries on.
+    let r = run_simple(
+        "wild",
+        r#"
+    mov $0x1234, %dx
+    in (%dx), %al
+    cmp $0xff, %al
+    jne 9f
+    out %al, (%dx)
+    mov $0xd0000000, %rbx
+    movl (%rbx), %eax
+    cmp $0xffffffff, %eax
+    jne 9f
+    movl $0x55, (%rbx)
+    mov $0xcfc, %dx
+    inl (%dx), %eax
+    PUTS ok
+    POWEROFF
+9:  PUTS bad
+    POWEROFF
+ok: .asciz "OK\n"
+bad: .asciz "BAD\n"
+"#,
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "OK\n");
+}
+
+/// The BSP starts the AP with INIT-SIPI; the AP (real mode) prints and raises a flag.
+#[test]
+fn two_vcpus_both_run() {
+    if setup().is_none() {
+        return;
+    }
+    let body = r#"
+    PUTS bsp
+    // Copy the AP trampoline to 0x10000.
+    lea ap_start(%rip), %rsi
+    mov $0x10000, %rdi
+    mov $(ap_end - ap_start), %rcx
+    rep movsb
+    movb $0, 0x11000
+    mov $0xfee00000, %rbx
+    movl $0x1ff, 0xf0(%rbx)  /* SVR: APIC software enable */
+    movl $0x01000000, 0x310(%rbx)  /* ICR high: APIC ID 1 */
+    movl $0x00004500, 0x300(%rbx)  /* INIT */
+    movl $0x01000000, 0x310(%rbx)
+    movl $0x00004610, 0x300(%rbx)  /* SIPI vector 0x10 -> 0x10000 */
+    mov $20000000, %rcx
+1:  cmpb $1, 0x11000
+    je 2f
+    pause
+    dec %rcx
+    jnz 1b
+    PUTS timeout
+    POWEROFF
+2:  PUTS done
+    POWEROFF
+bsp: .asciz "BSP\n"
+done: .asciz "AP ran\n"
+timeout: .asciz "AP timeout\n"
+.code16
+ap_start:
+    mov $0x3f8, %dx
+    mov $'A', %al
+    out %al, (%dx)
+    mov $'\n', %al
+    out %al, (%dx)
+    mov $0x1000, %ax
+    mov %ax, %ds
+    movb $1, (0x1000)
+3:  cli
+    hlt
+    jmp 3b
+ap_end:
+.code64
+"#;
+    let r = run_simple("smp", body, &["--vcpus", "2"]);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "BSP\nA\nAP ran\n");
+}
