@@ -710,6 +710,7 @@ const RULES: [(Nt, usize); 23] = [
 
 enum Act {
     Shift(S),
+    Reduce(usize),
     Accept,
 }
 
@@ -746,7 +747,6 @@ fn default_reduction(s: S) -> Option<(usize, bool)> {
     use S::*;
     Some(match s {
         S0 => (3, true),
-        S1 => (1, false),
         SEN => (7, true),
         SNL => (10, true),
         SSC => (11, true),
@@ -767,7 +767,7 @@ fn default_reduction(s: S) -> Option<(usize, bool)> {
         SCMN => (18, false),
         SCMVN => (20, false),
         SV1N => (19, false),
-        SF | SE | SI | SEQ | SADD | SVL => return None,
+        S1 | SF | SE | SI | SEQ | SADD | SVL => return None,
     })
 }
 
@@ -796,9 +796,18 @@ fn goto(s: S, nt: Nt) -> S {
     }
 }
 
+/// Explicit (non-default) reductions: bison keeps `file: stmts` on `$end` explicit in the
+/// state that shifts `error`, because it never uses default reductions there.
+fn explicit_reduce(s: S, t: T) -> Option<usize> {
+    (s == S::S1 && t == T::End).then_some(1)
+}
+
 fn action(s: S, t: T) -> Option<Act> {
     if s == S::SF && t == T::End {
         return Some(Act::Accept);
+    }
+    if let Some(r) = explicit_reduce(s, t) {
+        return Some(Act::Reduce(r));
     }
     shifts(s)
         .iter()
@@ -910,6 +919,9 @@ impl<'a> Parser<'a> {
             };
             match act {
                 Some(Act::Accept) => return,
+                Some(Act::Reduce(rule)) => {
+                    self.reduce(&mut stack, rule);
+                }
                 Some(Act::Shift(ns)) => {
                     let t = la.take().expect("lookahead present");
                     errstatus = errstatus.saturating_sub(1);
@@ -932,7 +944,7 @@ impl<'a> Parser<'a> {
                             .map(|(t, _)| *t)
                             .filter(|t| *t != T::Error)
                             .collect();
-                        if st == S::SF {
+                        if st == S::SF || explicit_reduce(st, T::End).is_some() {
                             exp.push(T::End);
                         }
                         exp.sort_by_key(|t| t.order());

@@ -507,21 +507,9 @@ fn build(p: &mut P<'_>) -> R<DomainConfig> {
     let pci_power_mgmt = p.long("pci_power_mgmt").unwrap_or(0);
     let pci_permissive = p.long("pci_permissive").unwrap_or(0);
     let pci_seize = p.long("pci_seize").unwrap_or(0);
-    if let Some(r) = p.string("rdm") {
-        for tok in strtok(&r, &[',']) {
-            if let Some(v) = tok.strip_prefix("strategy=") {
-                if v == "host" {
-                    hvm.rdm.strategy = RdmReserveStrategy::Host;
-                }
-            } else if let Some(v) = tok.strip_prefix("policy=") {
-                hvm.rdm.policy = match v {
-                    "strict" => RdmReservePolicy::Strict,
-                    "relaxed" => RdmReservePolicy::Relaxed,
-                    _ => hvm.rdm.policy,
-                };
-            }
-        }
-    }
+    // Xen 4.17's xl reads `rdm=` but the value never reaches the printed/used configuration
+    // (the HVM build info is re-initialised afterwards); we match that.
+    let _ = p.string("rdm");
     if let Some(pcis) = p.list("pci") {
         let mut i = 0;
         while let Some(spec) = list_item(&pcis, i) {
@@ -532,7 +520,13 @@ fn build(p: &mut P<'_>) -> R<DomainConfig> {
                     dev.permissive |= pci_permissive != 0;
                     dev.seize |= pci_seize != 0;
                     if dev.rdm_policy == RdmReservePolicy::Invalid {
-                        dev.rdm_policy = hvm.rdm.policy;
+                        // xl copies b_info->u.hvm.rdm.policy, which for PV/PVH guests reads
+                        // the other union member's zeroed memory: "strict".
+                        dev.rdm_policy = if ty == DomainType::Hvm {
+                            hvm.rdm.policy
+                        } else {
+                            RdmReservePolicy::Strict
+                        };
                     }
                     d.pcidevs.push(dev);
                 }
@@ -581,6 +575,7 @@ fn build(p: &mut P<'_>) -> R<DomainConfig> {
         }
         b.tsc_mode = TscMode::from_libxl_str(names[l as usize]).unwrap_or_default();
     } else if let Some(v) = p.string("tsc_mode") {
+        p.diag.push(format!("got a tsc mode string: \"{v}\""));
         match TscMode::from_libxl_str(&v) {
             Some(t) => b.tsc_mode = t,
             None => return Err(p.fail(format!("ERROR: invalid value \"{v}\" for \"tsc_mode\""), 1)),
@@ -917,20 +912,18 @@ fn build(p: &mut P<'_>) -> R<DomainConfig> {
     if let Some(l) = p.list("p9") {
         let mut i = 0;
         while let Some(spec) = list_item(&l, i) {
-            let mut dev = DeviceP9 {
-                devid: Some(i as i64),
-                ..Default::default()
-            };
-            for pair in strtok(spec, &[',']) {
-                let Some((k, v)) = split_pair(pair) else {
-                    return Err(p.fail(format!("failed to parse 9pfs configuration: {pair}"), 1));
+            let mut dev = DeviceP9::default();
+            for tok in strtok(spec, &[',']) {
+                let tok = tok.trim_start_matches(' ');
+                let Some((k, v)) = tok.split_once('=') else {
+                    break;
                 };
-                match k.as_str() {
-                    "security_model" => dev.security_model = Some(v),
-                    "path" => dev.path = Some(v),
-                    "tag" => dev.tag = Some(v),
-                    "backend" => dev.backend_domname = Some(v),
-                    _ => return Err(p.fail(format!("Unknown 9pfs parameter '{k}'"), 1)),
+                match k {
+                    "security_model" => dev.security_model = Some(v.to_string()),
+                    "path" => dev.path = Some(v.to_string()),
+                    "tag" => dev.tag = Some(v.to_string()),
+                    "backend" => dev.backend_domname = Some(v.to_string()),
+                    _ => return Err(p.fail(format!("Unknown string `{k}' in 9pfs spec"), 1)),
                 }
             }
             d.p9s.push(dev);
@@ -1138,7 +1131,7 @@ fn build(p: &mut P<'_>) -> R<DomainConfig> {
         p.diag
             .push("WARNING: ignoring device_model directive.".into());
         p.diag.push(
-            "WARNING: Use \"device_model_override\" if you really want a non-default device_model"
+            "WARNING: Use \"device_model_override\" instead if you really want a non-default device_model"
                 .into(),
         );
         if dm.contains("stubdom-dm") {
@@ -1504,6 +1497,7 @@ pub fn parse_pci_spec(spec: &str) -> Option<DevicePci> {
         bus: bus & 0xff,
         dev: hex(dev)? & 0x1f,
         func: hex(func)? & 7,
+        vfunc_mask: 1,
         ..Default::default()
     };
     if let Some(v) = vslot {

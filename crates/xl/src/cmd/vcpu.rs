@@ -87,12 +87,16 @@ pub fn main_vcpupin(g: &Globals, argv: &[String]) -> i32 {
         return super::not_implemented("vcpu-pin");
     }
     let mut out = String::from("cpumap: ");
-    if let Some(h) = &hard {
-        out.push_str(&format_cpumap(h, host.max_cpus));
+    match &hard {
+        Some(h) => out.push_str(&format_cpumap(h, host.max_cpus)),
+        None => out.push('-'),
     }
-    if let Some(s) = &soft {
+    if ops.len() > 4 {
         out.push(' ');
-        out.push_str(&format_cpumap(s, host.max_cpus));
+        match &soft {
+            Some(s) => out.push_str(&format_cpumap(s, host.max_cpus)),
+            None => out.push('-'),
+        }
     }
     println!("{out}");
     0
