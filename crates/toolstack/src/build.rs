@@ -1,0 +1,204 @@
+//! Turning a libxl domain configuration (parsed from xl.cfg by `rxen-config`) into the VMM's
+//! `VmConfig`. Everything rxen cannot run yet is refused here, by name, before anything is created.
+
+use std::path::{Path, PathBuf};
+
+use rxen_config::model::{ActionOnShutdown, DiskFormat, DomainConfig, DomainType};
+use rxen_vmm::config::{ConsoleConfig, ConsoleMode, DiskConfig, NetConfig, RtcConfig};
+use rxen_vmm::VmConfig;
+
+use crate::{Error, Result};
+
+/// What the supervisor needs to run a domain: the VMM config plus the actions on shutdown.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DomainJob {
+    /// Domain id.
+    pub domid: u32,
+    /// Name at creation (the live name is in xenstore).
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// The VMM configuration.
+    pub vm: VmConfig,
+    /// `on_poweroff`.
+    pub on_poweroff: String,
+    /// `on_reboot`.
+    pub on_reboot: String,
+    /// `on_crash`.
+    pub on_crash: String,
+    /// Start paused (`xl create -p`).
+    pub start_paused: bool,
+    /// Bridges to attach each NIC's tap to (index = NIC), if any.
+    pub bridges: Vec<Option<String>>,
+}
+
+/// Xen's action keyword for an `ActionOnShutdown` (as xl.cfg spells it).
+pub fn action_word(a: ActionOnShutdown) -> &'static str {
+    match a {
+        ActionOnShutdown::Destroy => "destroy",
+        ActionOnShutdown::Restart => "restart",
+        ActionOnShutdown::RestartRename => "rename-restart",
+        ActionOnShutdown::Preserve => "preserve",
+        ActionOnShutdown::CoredumpDestroy => "coredump-destroy",
+        ActionOnShutdown::CoredumpRestart => "coredump-restart",
+        ActionOnShutdown::SoftReset => "soft-reset",
+    }
+}
+
+/// A random MAC in Xen's OUI `00:16:3e`, locally unique for the domain's life.
+pub fn random_xen_mac() -> String {
+    let mut b = [0u8; 3];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    format!("00:16:3e:{:02x}:{:02x}:{:02x}", b[0] & 0x7f, b[1], b[2])
+}
+
+/// Build the job for `cfg` as domain `domid`. `run_dir` holds the VMM's control socket;
+/// `console_log` receives a copy of the PV console output.
+pub fn build_job(
+    cfg: &DomainConfig,
+    domid: u32,
+    run_dir: &Path,
+    console_log: Option<PathBuf>,
+    start_paused: bool,
+) -> Result<DomainJob> {
+    let name = cfg.c_info.name.clone().unwrap_or_default();
+    let unsupported = |msg: String| Error::Unsupported {
+        domain: name.clone(),
+        msg,
+    };
+    let b = &cfg.b_info;
+    if cfg.c_info.type_ == DomainType::Hvm && b.kernel.is_none() {
+        return Err(unsupported(
+            "HVM guests that boot from firmware (bios/boot=) are not supported by rxen yet; \
+             give a kernel= (direct boot) instead"
+                .into(),
+        ));
+    }
+    let bootloader = b
+        .bootloader
+        .clone()
+        .or_else(|| b.pv.as_ref().and_then(|p| p.bootloader.clone()));
+    if bootloader.is_some() && b.kernel.is_none() {
+        return Err(unsupported(
+            "bootloader= (pygrub) is not supported by rxen yet; give kernel= and ramdisk=".into(),
+        ));
+    }
+    let pv = b.pv.as_ref();
+    let kernel = b
+        .kernel
+        .clone()
+        .or_else(|| pv.and_then(|p| p.kernel.clone()))
+        .ok_or_else(|| {
+            unsupported("no kernel= given (rxen boots domains from a kernel image)".into())
+        })?;
+    let ramdisk = b
+        .ramdisk
+        .clone()
+        .or_else(|| pv.and_then(|p| p.ramdisk.clone()));
+    let cmdline = b
+        .cmdline
+        .clone()
+        .or_else(|| pv.and_then(|p| p.cmdline.clone()));
+    for (what, p) in [("kernel", Some(&kernel)), ("ramdisk", ramdisk.as_ref())] {
+        if let Some(p) = p {
+            if !Path::new(p).is_file() {
+                return Err(unsupported(format!("{what} {p}: no such file")));
+            }
+        }
+    }
+    let target_kib = b.target_memkb.unwrap_or(128 * 1024);
+    let max_kib = b.max_memkb.unwrap_or(target_kib).max(target_kib);
+    let max_vcpus = u8::try_from(b.max_vcpus.max(1)).map_err(|_| {
+        unsupported(format!(
+            "maxvcpus={} is more than rxen supports (255)",
+            b.max_vcpus
+        ))
+    })?;
+    let vcpus = if b.avail_vcpus.is_empty() {
+        max_vcpus
+    } else {
+        u8::try_from(b.avail_vcpus.len()).unwrap_or(max_vcpus)
+    };
+
+    let mut vm = VmConfig::new(PathBuf::from(&kernel));
+    vm.name = Some(name.clone());
+    vm.initrd = ramdisk.map(PathBuf::from);
+    vm.cmdline = Some(cmdline.unwrap_or_default());
+    vm.memory_mib = target_kib.div_ceil(1024);
+    vm.maxmem_mib = (max_kib > target_kib).then(|| max_kib.div_ceil(1024));
+    vm.vcpus = vcpus;
+    vm.max_vcpus = (max_vcpus > vcpus).then_some(max_vcpus);
+    vm.serial = ConsoleConfig {
+        mode: ConsoleMode::Pty,
+        log: None,
+    };
+    vm.console = ConsoleConfig {
+        mode: ConsoleMode::Pty,
+        log: console_log,
+    };
+    vm.rng = true;
+    vm.api_socket = Some(run_dir.join("vmm.sock"));
+    vm.rtc = RtcConfig {
+        localtime: b.localtime.unwrap_or(false),
+        timeoffset_secs: i64::from(b.rtc_timeoffset as i32),
+    };
+    for d in &cfg.disks {
+        let vdev = d.vdev.clone().unwrap_or_default();
+        if d.is_cdrom != 0 {
+            return Err(unsupported(format!(
+                "disk {vdev}: CD-ROM devices are not supported by rxen yet"
+            )));
+        }
+        match d.format {
+            DiskFormat::Raw | DiskFormat::Unknown => {}
+            other => {
+                return Err(unsupported(format!(
+                    "disk {vdev}: format {} is not supported by rxen yet (raw only)",
+                    other.as_str()
+                )))
+            }
+        }
+        let path = d.pdev_path.clone().unwrap_or_default();
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/dev/{path}")
+        };
+        if !Path::new(&path).exists() {
+            return Err(unsupported(format!(
+                "disk {vdev}: {path}: no such file or device"
+            )));
+        }
+        vm.disks.push(DiskConfig {
+            path: PathBuf::from(path),
+            readonly: d.readwrite == 0,
+        });
+    }
+    let mut bridges = Vec::new();
+    for (i, n) in cfg.nics.iter().enumerate() {
+        let devid = n.devid.unwrap_or(i as i64);
+        let tap = n
+            .ifname
+            .clone()
+            .unwrap_or_else(|| format!("vif{domid}.{devid}"));
+        vm.nets.push(NetConfig {
+            tap,
+            mac: Some(n.mac.clone().unwrap_or_else(random_xen_mac)),
+        });
+        bridges.push(n.bridge.clone());
+    }
+    Ok(DomainJob {
+        domid,
+        name,
+        uuid: cfg.c_info.uuid.clone().unwrap_or_default(),
+        vm,
+        on_poweroff: action_word(cfg.on_poweroff).into(),
+        on_reboot: action_word(cfg.on_reboot).into(),
+        on_crash: action_word(cfg.on_crash).into(),
+        start_paused,
+        bridges,
+    })
+}

@@ -1,0 +1,271 @@
+//! Host services (Xen's `xencommons` + `xendomains`): `rxen host start|stop|status`.
+//!
+//! `start` runs xenstored (detached, pid file, log under `/var/log/xen`), registers Domain-0 (the
+//! host) in xenstore and starts the configs in `/etc/xen/auto/`. `stop` shuts every domain down
+//! (waiting up to a timeout, then destroying) and stops xenstored.
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rxen_xenstore::XsOps;
+
+use crate::supervisor::sibling_binary;
+use crate::{io_err, Error, Paths, Result};
+
+/// Facts about the host (dom0).
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// Online CPUs.
+    pub nr_cpus: u32,
+    /// Total memory, KiB.
+    pub total_kib: u64,
+    /// Available memory, KiB.
+    pub free_kib: u64,
+    /// CPU time consumed by the host (all CPUs), seconds.
+    pub cpu_secs: f64,
+}
+
+/// Read the host's facts from `/proc`.
+pub fn host_info() -> HostInfo {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |k: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu_secs = stat
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(3)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum::<u64>() as f64
+                / clock_ticks()
+        })
+        .unwrap_or(0.0);
+    HostInfo {
+        nr_cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        total_kib: field("MemTotal:"),
+        free_kib: field("MemAvailable:"),
+        cpu_secs,
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)`.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence; no memory-safety preconditions.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn read_pid(p: &Path) -> Option<i32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// Whether xenstored answers on this host's socket.
+pub fn xenstored_running(paths: &Paths) -> bool {
+    crate::connect_xenstore(paths)
+        .and_then(|c| Ok(c.exists("/")?))
+        .unwrap_or(false)
+}
+
+/// `rxen host start`.
+pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
+    paths
+        .ensure_dirs()
+        .map_err(io_err("creating rxen's host directories"))?;
+    if !xenstored_running(paths) {
+        let bin = sibling_binary("xenstored");
+        let logp = paths.log.join("xenstored.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&logp)
+            .map_err(io_err(format!("opening {}", logp.display())))?;
+        let log2 = log.try_clone().map_err(io_err("dup log"))?;
+        let _ = std::fs::remove_file(&paths.xenstored_socket);
+        let child = Command::new(&bin)
+            .arg("--socket")
+            .arg(&paths.xenstored_socket)
+            .arg("--pid-file")
+            .arg(paths.xenstored_pid())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(io_err(format!("starting {}", bin.display())))?;
+        std::fs::write(paths.xenstored_pid(), child.id().to_string())
+            .map_err(io_err("writing xenstored pid file"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !xenstored_running(paths) {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "xenstored did not start; see {}",
+                    logp.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let xs = crate::connect_xenstore(paths)?;
+    let h = host_info();
+    xs.write("/local/domain/0/name", "Domain-0")?;
+    xs.write("/local/domain/0/domid", "0")?;
+    xs.write("/local/domain/0/memory/target", h.total_kib.to_string())?;
+    xs.write("/local/domain/0/memory/static-max", h.total_kib.to_string())?;
+    for c in 0..h.nr_cpus {
+        xs.write(&format!("/local/domain/0/cpu/{c}/availability"), "online")?;
+    }
+    xs.write(
+        "/local/domain/0/vm",
+        "/vm/00000000-0000-0000-0000-000000000000",
+    )?;
+    xs.write("/vm/00000000-0000-0000-0000-000000000000/name", "Domain-0")?;
+    xs.write("/tool/xenstored", "rxen")?;
+    if autostart {
+        autostart_domains(paths);
+    }
+    Ok(())
+}
+
+/// Start every config in `/etc/xen/auto/` (like xendomains), reporting failures.
+pub fn autostart_domains(paths: &Paths) {
+    let Ok(rd) = std::fs::read_dir(paths.auto_dir()) else {
+        return;
+    };
+    let mut cfgs: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    cfgs.sort();
+    for cfg in cfgs {
+        let xl = sibling_binary("xl");
+        match Command::new(&xl).arg("create").arg("-q").arg(&cfg).status() {
+            Ok(s) if s.success() => eprintln!("rxen: autostarted {}", cfg.display()),
+            Ok(s) => eprintln!("rxen: autostart of {} failed ({s})", cfg.display()),
+            Err(e) => eprintln!("rxen: cannot run {}: {e}", xl.display()),
+        }
+    }
+}
+
+/// `rxen host stop`: shut down (then destroy) all domains, stop xenstored.
+pub fn stop(paths: &Paths, timeout: Duration) -> Result<()> {
+    if let Ok(xs) = crate::connect_xenstore(paths) {
+        let doms: Vec<u32> = crate::registry::list_domids(&xs)?
+            .into_iter()
+            .filter(|&d| d != 0)
+            .collect();
+        for &d in &doms {
+            let _ = crate::ops::shutdown(paths, &xs, &d.to_string(), false);
+        }
+        let deadline = Instant::now() + timeout;
+        for &d in &doms {
+            while crate::registry::read_domain(&xs, d)?.is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if crate::registry::read_domain(&xs, d)?.is_some() {
+                let _ = crate::ops::destroy(paths, &xs, &d.to_string());
+            }
+        }
+    }
+    if let Some(pid) = read_pid(&paths.xenstored_pid()) {
+        if pid_alive(pid) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_file(paths.xenstored_pid());
+    }
+    Ok(())
+}
+
+/// `rxen host status`: a short report; `Ok(true)` when services run.
+pub fn status(paths: &Paths) -> Result<(bool, String)> {
+    let running = xenstored_running(paths);
+    let mut s = format!(
+        "xenstored: {} ({})\n",
+        if running { "running" } else { "stopped" },
+        paths.xenstored_socket.display()
+    );
+    if running {
+        let xs = crate::connect_xenstore(paths)?;
+        let n = crate::registry::list_domids(&xs)?.len().saturating_sub(1);
+        s.push_str(&format!("domains: {n}\n"));
+    }
+    Ok((running, s))
+}
+
+/// Attach interface `ifname` to bridge `bridge` and bring it up (SIOCBRADDIF).
+pub fn attach_to_bridge(ifname: &str, bridge: &str) -> std::io::Result<()> {
+    let name = CString::new(ifname).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: creating a socket has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let result = (|| {
+        let mut ifr = ifreq_for(bridge)?;
+        ifr.ifr_ifru.ifru_ifindex = index as i32;
+        // SAFETY: fd is a valid socket and ifr a properly initialised ifreq.
+        if unsafe { libc::ioctl(fd, SIOCBRADDIF, &ifr) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr = ifreq_for(ifname)?;
+        // SAFETY: as above; SIOCGIFFLAGS fills ifru_flags.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: reading the flags union member SIOCGIFFLAGS just wrote.
+        unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16 };
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+fn ifreq_for(name: &str) -> std::io::Result<libc::ifreq> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(ifr)
+}

@@ -1,0 +1,371 @@
+//! The per-domain supervisor (`rxen supervise <domid>`, Xen's per-domain `xl` daemon).
+//!
+//! It runs the domain's VMM, publishes its consoles in xenstore, turns `control/shutdown`
+//! requests into ACPI events, applies `on_poweroff` / `on_reboot` / `on_crash` when the VMM ends
+//! (a VMM killed by a signal counts as a crash), and frees every host resource when the domain
+//! goes away. `on_reboot=restart` re-runs the VMM under the same domid, name and UUID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rxen_vmm::api::{ApiClient, Command as ApiCmd};
+use rxen_xenstore::{Client, XsOps};
+
+use crate::build::DomainJob;
+use crate::registry::{self, dom_path, priv_path, DomState, ShutdownReason};
+use crate::{io_err, Error, Paths, Result};
+
+/// Why the VMM ended (from its exit status; see `rxen_vmm::ExitCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmEnd {
+    /// Guest powered off.
+    Poweroff,
+    /// Guest rebooted.
+    Reboot,
+    /// Guest crashed, the VMM failed, or it was killed.
+    Crash,
+    /// Destroyed on request.
+    Destroyed,
+}
+
+/// Map a VMM exit status to its meaning.
+pub fn classify(st: ExitStatus) -> VmmEnd {
+    use std::os::unix::process::ExitStatusExt;
+    match st.code() {
+        Some(0) => VmmEnd::Poweroff,
+        Some(3) => VmmEnd::Reboot,
+        Some(5) => VmmEnd::Destroyed,
+        Some(_) => VmmEnd::Crash,
+        None => match st.signal() {
+            Some(libc::SIGTERM) | Some(libc::SIGINT) | Some(libc::SIGHUP) => VmmEnd::Destroyed,
+            _ => VmmEnd::Crash,
+        },
+    }
+}
+
+/// Path of a sibling binary (`rxen-vmm`, `rxen`, `xenstored`): `$RXEN_BIN_DIR`, else the
+/// directory of the running executable, else `$PATH`.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("RXEN_BIN_DIR") {
+        return PathBuf::from(d).join(name);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn log(msg: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    eprintln!("[{now:.3}] {msg}");
+}
+
+/// Job file of a domain.
+pub fn job_path(paths: &Paths, domid: u32) -> PathBuf {
+    paths.domain_run_dir(domid).join("job.json")
+}
+
+/// Run the supervisor of `domid` until the domain is gone.
+pub fn run(paths: &Paths, domid: u32) -> Result<()> {
+    let jp = job_path(paths, domid);
+    let job: DomainJob = serde_json::from_slice(
+        &std::fs::read(&jp).map_err(io_err(format!("reading {}", jp.display())))?,
+    )
+    .map_err(|e| Error::Other(format!("{}: {e}", jp.display())))?;
+    let xs = crate::connect_xenstore(paths)?;
+    let p = priv_path(domid);
+    xs.write(
+        &format!("{p}/supervisor-pid"),
+        std::process::id().to_string(),
+    )?;
+    log(&format!(
+        "supervisor for domain {domid} ({}) started",
+        job.name
+    ));
+
+    let destroy = Arc::new(AtomicBool::new(false));
+    let mut first = true;
+    let outcome = loop {
+        let mut child = match spawn_vmm(paths, &job) {
+            Ok(c) => c,
+            Err(e) => break Err(e),
+        };
+        let vmm_pid = child.id();
+        xs.write(&format!("{p}/vmm-pid"), vmm_pid.to_string())?;
+        if let Err(e) = publish(&xs, &job, &mut child, first) {
+            log(&format!("domain {domid}: VMM did not come up: {e}"));
+            kill(vmm_pid);
+            let _ = child.wait();
+            break Err(e);
+        }
+        first = false;
+        // Watch control/shutdown and our private command node while the VMM runs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = spawn_watcher(paths, domid, &job, vmm_pid, stop.clone(), destroy.clone());
+        let status = child.wait().map_err(io_err("waiting for the VMM"))?;
+        stop.store(true, Ordering::SeqCst);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        let _ = xs.rm(&format!("{p}/vmm-pid"));
+        let end = if destroy.load(Ordering::SeqCst) {
+            VmmEnd::Destroyed
+        } else {
+            classify(status)
+        };
+        log(&format!("domain {domid}: VMM exited ({status}): {end:?}"));
+        let (action, reason) = match end {
+            VmmEnd::Destroyed => break Ok(()),
+            VmmEnd::Poweroff => (job.on_poweroff.as_str(), ShutdownReason::Poweroff),
+            VmmEnd::Reboot => (job.on_reboot.as_str(), ShutdownReason::Reboot),
+            VmmEnd::Crash => (job.on_crash.as_str(), ShutdownReason::Crash),
+        };
+        log(&format!(
+            "domain {domid}: applying on_{}={action}",
+            match reason {
+                ShutdownReason::Poweroff => "poweroff",
+                ShutdownReason::Reboot => "reboot",
+                _ => "crash",
+            }
+        ));
+        match action {
+            "restart" | "rename-restart" | "coredump-restart" | "soft-reset" => {
+                if action == "coredump-restart" {
+                    log("core dumps of a dead VMM are not available in rxen; restarting without one");
+                }
+                let _ = xs.write(&format!("{}/control/shutdown", dom_path(domid)), "");
+                continue;
+            }
+            "preserve" => {
+                registry::set_state(&xs, domid, DomState::Shutdown(reason))?;
+                wait_for_destroy(paths, domid, &destroy);
+                break Ok(());
+            }
+            _ => {
+                if action == "coredump-destroy" {
+                    log("core dumps of a dead VMM are not available in rxen; destroying");
+                }
+                break Ok(());
+            }
+        }
+    };
+    if let Err(e) = &outcome {
+        log(&format!("domain {domid}: {e}"));
+    }
+    cleanup(paths, &xs, domid);
+    log(&format!("domain {domid}: released"));
+    outcome
+}
+
+fn spawn_vmm(paths: &Paths, job: &DomainJob) -> Result<Child> {
+    let dir = paths.domain_run_dir(job.domid);
+    let cfg = dir.join("vm.json");
+    let _ = std::fs::remove_file(dir.join("vmm.sock"));
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec_pretty(&job.vm).map_err(|e| Error::Other(e.to_string()))?,
+    )
+    .map_err(io_err(format!("writing {}", cfg.display())))?;
+    let logp = paths.vmm_log(&job.name);
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&logp)
+        .map_err(io_err(format!("opening {}", logp.display())))?;
+    let logf2 = logf.try_clone().map_err(io_err("dup log"))?;
+    let bin = sibling_binary("rxen-vmm");
+    log(&format!(
+        "starting {} --config {}",
+        bin.display(),
+        cfg.display()
+    ));
+    Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(logf2)
+        .spawn()
+        .map_err(io_err(format!("starting {}", bin.display())))
+}
+
+/// Wait for the VMM's control socket, then publish consoles and state in xenstore.
+fn publish(xs: &Client, job: &DomainJob, child: &mut Child, first: bool) -> Result<()> {
+    let domid = job.domid;
+    let sock = job.vm.api_socket.clone().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut api = loop {
+        if let Some(st) = child.try_wait().map_err(io_err("waiting for the VMM"))? {
+            return Err(Error::Other(format!(
+                "the VMM exited during start-up ({st}); see its log"
+            )));
+        }
+        if let Ok(c) = ApiClient::connect(&sock) {
+            break c;
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!(
+                "domain {domid}: VMM control socket {} did not appear",
+                sock.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if first && job.start_paused {
+        api.request(ApiCmd::Pause)
+            .map_err(|source| Error::Vmm { domid, source })?;
+    }
+    let info = api.info().map_err(|source| Error::Vmm { domid, source })?;
+    let d = dom_path(domid);
+    if let Some(tty) = &info.console.path {
+        xs.write(&format!("{d}/console/tty"), tty)?;
+        xs.write(&format!("{d}/console/type"), "xenconsoled")?;
+    }
+    if let Some(tty) = &info.serial.path {
+        xs.write(&format!("{d}/serial/0/tty"), tty)?;
+    }
+    let st = if first && job.start_paused {
+        DomState::Paused
+    } else {
+        DomState::Running
+    };
+    registry::set_state(xs, domid, st)?;
+    for (i, br) in job.bridges.iter().enumerate() {
+        if let (Some(br), Some(net)) = (br, job.vm.nets.get(i)) {
+            if let Err(e) = crate::host::attach_to_bridge(&net.tap, br) {
+                log(&format!(
+                    "domain {domid}: cannot attach {} to bridge {br}: {e}",
+                    net.tap
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+fn api_request(sock: &Path, cmd: ApiCmd) -> std::result::Result<(), String> {
+    let mut c = ApiClient::connect(sock).map_err(|e| e.to_string())?;
+    c.request(cmd).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A thread turning xenstore requests into VMM actions while the VMM runs.
+fn spawn_watcher(
+    paths: &Paths,
+    domid: u32,
+    job: &DomainJob,
+    vmm_pid: u32,
+    stop: Arc<AtomicBool>,
+    destroy: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let xs = match crate::connect_xenstore(paths) {
+        Ok(x) => x,
+        Err(e) => {
+            log(&format!(
+                "domain {domid}: no xenstore watch connection: {e}"
+            ));
+            return None;
+        }
+    };
+    let sock = job.vm.api_socket.clone().unwrap_or_default();
+    let shutdown = format!("{}/control/shutdown", dom_path(domid));
+    let command = format!("{}/command", priv_path(domid));
+    Some(std::thread::spawn(move || {
+        if xs.watch(&shutdown, "shutdown").is_err() || xs.watch(&command, "command").is_err() {
+            log(&format!("domain {domid}: cannot watch control nodes"));
+            return;
+        }
+        let mut last_shutdown = String::new();
+        while !stop.load(Ordering::SeqCst) {
+            let ev = match xs.next_event_timeout(Duration::from_millis(200)) {
+                Ok(ev) => ev,
+                Err(rxen_xenstore::ClientError::Timeout) => continue,
+                Err(_) => break,
+            };
+            let value = registry::read_opt(&xs, &ev.path)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if ev.token == "command" && value == "destroy" {
+                log(&format!("domain {domid}: destroy requested"));
+                destroy.store(true, Ordering::SeqCst);
+                kill(vmm_pid);
+            } else if ev.token == "shutdown" && value != last_shutdown {
+                last_shutdown = value.clone();
+                let r = match value.as_str() {
+                    "poweroff" | "halt" => {
+                        log(&format!(
+                            "domain {domid}: control/shutdown={value}: ACPI power button"
+                        ));
+                        api_request(&sock, ApiCmd::Shutdown)
+                    }
+                    "reboot" => {
+                        log(&format!("domain {domid}: control/shutdown=reboot: reset"));
+                        api_request(&sock, ApiCmd::Reboot)
+                    }
+                    "" => Ok(()),
+                    other => {
+                        log(&format!(
+                            "domain {domid}: control/shutdown={other}: not supported"
+                        ));
+                        Ok(())
+                    }
+                };
+                if let Err(e) = r {
+                    log(&format!("domain {domid}: VMM request failed: {e}"));
+                }
+            }
+        }
+    }))
+}
+
+fn wait_for_destroy(paths: &Paths, domid: u32, destroy: &AtomicBool) {
+    let Ok(xs) = crate::connect_xenstore(paths) else {
+        return;
+    };
+    let command = format!("{}/command", priv_path(domid));
+    if xs.watch(&command, "command").is_err() {
+        return;
+    }
+    loop {
+        if registry::read_opt(&xs, &command).ok().flatten().as_deref() == Some("destroy") {
+            destroy.store(true, Ordering::SeqCst);
+            return;
+        }
+        match xs.next_event_timeout(Duration::from_secs(5)) {
+            Ok(_) | Err(rxen_xenstore::ClientError::Timeout) => {}
+            Err(_) => return,
+        }
+        if !Path::new(&paths.domain_run_dir(domid)).exists() {
+            return;
+        }
+    }
+}
+
+/// Remove every trace of a domain: xenstore nodes, runtime directory.
+pub fn cleanup(paths: &Paths, xs: &Client, domid: u32) {
+    let _ = registry::set_state(xs, domid, DomState::Dying);
+    if let Err(e) = registry::unregister(xs, domid) {
+        log(&format!(
+            "domain {domid}: removing xenstore nodes failed: {e}"
+        ));
+    }
+    let _ = std::fs::remove_dir_all(paths.domain_run_dir(domid));
+}
