@@ -376,6 +376,7 @@ pub struct Journal {
     size: u64,
     snapshot_size: u64,
     policy: FsyncPolicy,
+    compact_min: u64,
 }
 
 impl Journal {
@@ -480,6 +481,7 @@ impl Journal {
                 size: good as u64,
                 snapshot_size,
                 policy,
+                compact_min: 8 << 20,
             },
             core,
             rec,
@@ -525,7 +527,12 @@ impl Journal {
 
     /// Whether the journal is large enough to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
-        self.size > (8 << 20).max(4 * self.snapshot_size)
+        self.size > self.compact_min.max(4 * self.snapshot_size)
+    }
+
+    /// Sets the minimum journal size before compaction (default 8 MiB).
+    pub fn set_compact_min(&mut self, bytes: u64) {
+        self.compact_min = bytes;
     }
 
     /// Bytes in the journal.

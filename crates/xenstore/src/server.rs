@@ -64,6 +64,8 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Access log file (written while `CONTROL log on`).
     pub log_file: Option<PathBuf>,
+    /// Journal size that triggers a snapshot (default 8 MiB, or 4x the last snapshot).
+    pub compact_bytes: Option<u64>,
 }
 
 impl Config {
@@ -74,6 +76,7 @@ impl Config {
             db_dir: Some(crate::paths::db_dir()),
             fsync: FsyncPolicy::Never,
             log_file: Some(crate::paths::log_dir().join("xenstored-access.log")),
+            compact_bytes: None,
         }
     }
 }
@@ -155,7 +158,10 @@ impl Server {
     pub fn bind(cfg: &Config) -> Result<Server, ServerError> {
         let (journal, core, recovery) = match &cfg.db_dir {
             Some(d) => {
-                let (j, c, r) = Journal::open(d, cfg.fsync)?;
+                let (mut j, c, r) = Journal::open(d, cfg.fsync)?;
+                if let Some(b) = cfg.compact_bytes {
+                    j.set_compact_min(b);
+                }
                 (Some(j), c, r)
             }
             None => (None, Core::new(), Recovery::default()),

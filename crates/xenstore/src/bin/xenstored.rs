@@ -15,6 +15,7 @@ usage: xenstored [options]
       --fsync POLICY    never (default: write before ack; survives daemon crash) |
                         always (fdatasync before ack; survives power loss)
       --log-file FILE   access log written while `xenstore-control log on`
+      --compact-bytes N journal size that triggers a new snapshot (default 8 MiB)
   -F, --pid-file FILE   write the daemon's pid
   -N, --no-fork         accepted for compatibility (rxen's xenstored never forks)
   -h, --help            this text
@@ -52,6 +53,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             "--log-file" => cfg.log_file = Some(val(&a)?.into()),
+            "--compact-bytes" => {
+                cfg.compact_bytes = Some(val(&a)?.parse().context("--compact-bytes")?)
+            }
             "-F" | "--pid-file" => pid_file = Some(val(&a)?.into()),
             "-N" | "--no-fork" => {}
             "-h" | "--help" => {
