@@ -26,7 +26,7 @@ pub use paths::Paths;
 pub enum Error {
     /// xenstored is not reachable.
     #[error(
-        "cannot connect to xenstored at {path}: is the rxen host service running? (start it with `rxen host start`)"
+        "xenstored is not running at {path} (start the host services with `rxen host start`)"
     )]
     NoXenstored {
         /// Socket tried.

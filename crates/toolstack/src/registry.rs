@@ -322,6 +322,8 @@ fn write_tree(t: &impl XsOps, domid: u32, nd: &NewDomain<'_>) -> XsResult<()> {
     for k in ["control", "data", "drivers", "device", "attr", "error"] {
         t.mkdir(&format!("{d}/{k}"))?;
     }
+    t.write(&format!("{d}/control/shutdown"), "")?;
+    t.write(&format!("{d}/control/sysrq"), "")?;
     for k in [
         "control/shutdown",
         "control/sysrq",

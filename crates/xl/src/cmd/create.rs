@@ -17,6 +17,7 @@ pub fn main_create(g: &Globals, argv: &[String]) -> i32 {
     };
     let mut dryrun = g.dryrun;
     let mut quiet = false;
+    let mut flags = super::lifecycle::CreateFlags::default();
     let mut filename: Option<String> = None;
     for (o, v) in &opts {
         match o.as_str() {
@@ -27,13 +28,13 @@ pub fn main_create(g: &Globals, argv: &[String]) -> i32 {
             "-n" | "--dryrun" => dryrun = true,
             "-q" | "--quiet" => quiet = true,
             "-f" | "--defconfig" => filename = v.clone(),
-            "-p"
-            | "-F"
+            "-p" => flags.paused = true,
+            "-c" => flags.console = true,
+            "-F"
             | "-V"
             | "--vncviewer"
             | "-A"
             | "--vncviewer-autopass"
-            | "-c"
             | "-e"
             | "-d"
             | "--ignore-global-affinity-masks" => {}
@@ -87,7 +88,8 @@ pub fn main_create(g: &Globals, argv: &[String]) -> i32 {
                 }
             }
             if !dryrun {
-                return super::not_implemented("create");
+                flags.quiet = quiet;
+                return super::lifecycle::create_domain(g, &parsed.config, &flags);
             }
             println!("{}", parsed.config.to_libxl_json());
             0

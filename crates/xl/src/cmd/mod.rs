@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod create;
+pub mod lifecycle;
 pub mod network;
 pub mod vcpu;
 
@@ -15,6 +16,19 @@ pub fn handler(name: &str) -> Option<Handler> {
         "block-attach" => block::main_blockattach,
         "network-attach" => network::main_networkattach,
         "vcpu-pin" => vcpu::main_vcpupin,
+        "list" => lifecycle::main_list,
+        "vm-list" => lifecycle::main_vmlist,
+        "uptime" => lifecycle::main_uptime,
+        "destroy" => lifecycle::main_destroy,
+        "shutdown" => lifecycle::main_shutdown,
+        "reboot" => lifecycle::main_reboot,
+        "pause" => lifecycle::main_pause,
+        "unpause" => lifecycle::main_unpause,
+        "console" => lifecycle::main_console,
+        "domid" => lifecycle::main_domid,
+        "domname" => lifecycle::main_domname,
+        "rename" => lifecycle::main_rename,
+        "sysrq" => lifecycle::main_sysrq,
         _ => return None,
     })
 }

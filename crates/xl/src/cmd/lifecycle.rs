@@ -1,0 +1,547 @@
+//! Domain lifecycle commands on top of `rxen-toolstack`: create (the real run), list, destroy,
+//! shutdown, reboot, pause, unpause, console, domid, domname, rename, uptime, vm-list, sysrq.
+
+use std::time::Duration;
+
+use rxen_config::model::DomainConfig;
+use rxen_toolstack::console::{self, ConsoleType, Detach};
+use rxen_toolstack::{format, ops, registry, Paths};
+use rxen_xenstore::Client;
+
+use crate::cmdtable::{help, require_args};
+use crate::util::getopt;
+use crate::Globals;
+
+fn connect(paths: &Paths) -> Result<Client, i32> {
+    rxen_toolstack::connect_xenstore(paths).map_err(|e| {
+        eprintln!("xl: {}", chain(&e));
+        1
+    })
+}
+
+/// An error with its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn fail(e: rxen_toolstack::Error) -> i32 {
+    eprintln!("xl: {}", chain(&e));
+    1
+}
+
+/// Options of `xl create` that matter after parsing.
+#[derive(Debug, Default, Clone)]
+pub struct CreateFlags {
+    /// `-p`.
+    pub paused: bool,
+    /// `-c`.
+    pub console: bool,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+/// Create the domain (called by `create` once the config parsed).
+pub fn create_domain(_g: &Globals, cfg: &DomainConfig, f: &CreateFlags) -> i32 {
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let opts = ops::CreateOpts { paused: f.paused };
+    let domid = match ops::create(&paths, &xs, cfg, &opts) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("libxl: error: domain creation failed: {}", chain(&e));
+            return 3;
+        }
+    };
+    let name = cfg.c_info.name.clone().unwrap_or_default();
+    if !f.quiet {
+        eprintln!("Started domain {name} (id={domid})");
+    }
+    if f.console {
+        return attach_console(&xs, domid, ConsoleType::Pv, 0x1d);
+    }
+    0
+}
+
+fn attach_console(xs: &Client, domid: u32, ty: ConsoleType, escape: u8) -> i32 {
+    let tty = match console::console_tty(xs, domid, ty, Duration::from_secs(10)) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    match console::attach(&tty, escape) {
+        Ok(Detach::Escape) | Ok(Detach::Closed) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+fn simple_opts(name: &str, argv: &[String], min: usize) -> Result<(Vec<(String, Option<String>)>, Vec<String>), i32> {
+    let (opts, ops) = getopt(argv, &[], &[]).map_err(|e| {
+        eprintln!("xl: {e}");
+        help(Some(name));
+        2
+    })?;
+    if opts.iter().any(|(o, _)| o == "-h" || o == "--help") {
+        help(Some(name));
+        return Err(0);
+    }
+    let mut full = vec![argv[0].clone()];
+    full.extend(ops.iter().cloned());
+    if let Some(c) = require_args(name, &full, 1, min) {
+        return Err(c);
+    }
+    Ok((opts, ops))
+}
+
+/// `xl list [-l] [-v] [dom...]`.
+pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, doms) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            help(Some("list"));
+            return 2;
+        }
+    };
+    let mut verbose = false;
+    let mut long = false;
+    for (o, _) in &opts {
+        match o.as_str() {
+            "-v" | "--verbose" => verbose = true,
+            "-l" | "--long" => long = true,
+            "-h" | "--help" => {
+                help(Some("list"));
+                return 0;
+            }
+            "-Z" | "--context" | "-c" | "--cpupool" | "-n" | "--numa" => {
+                eprintln!("xl: list {o} is not supported by rxen yet");
+                return 1;
+            }
+            _ => {
+                help(Some("list"));
+                return 2;
+            }
+        }
+    }
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let rows = match ops::list(&xs, &doms) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if long {
+        let mut out = Vec::new();
+        for r in &rows {
+            let cfg = if r.rec.domid == 0 {
+                String::from("{}")
+            } else {
+                std::fs::read_to_string(paths.lib.join(format!(
+                    "userdata-d.{}.{}.libxl-json",
+                    r.rec.domid, r.rec.uuid
+                )))
+                .unwrap_or_else(|_| "{}".into())
+            };
+            let cfg_indented = cfg.replace('\n', "\n    ");
+            out.push(format!(
+                "{{\n    \"domid\": {},\n    \"config\": {}\n}}",
+                r.rec.domid, cfg_indented
+            ));
+        }
+        println!("[\n{}\n]", out.join(",\n"));
+        return 0;
+    }
+    if verbose {
+        println!("{}", format::list_verbose_header());
+        for r in &rows {
+            println!("{}", format::list_verbose_row(r));
+        }
+    } else {
+        println!("{}", format::list_header());
+        for r in &rows {
+            println!("{}", format::list_row(r));
+        }
+    }
+    0
+}
+
+/// `xl vm-list`.
+pub fn main_vmlist(_g: &Globals, _argv: &[String]) -> i32 {
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let rows = match ops::list(&xs, &[]) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    println!("{}", format::vm_list_header());
+    for r in rows.iter().filter(|r| r.rec.domid != 0) {
+        println!("{}", format::vm_list_row(r));
+    }
+    0
+}
+
+/// `xl uptime [-s] [dom...]`.
+pub fn main_uptime(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, doms) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(_) => return 2,
+    };
+    let short = opts.iter().any(|(o, _)| o == "-s");
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let rows = match ops::list(&xs, &doms) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let host_up = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    if !short {
+        println!("{}", format::uptime_header());
+    }
+    for r in rows {
+        let up = if r.rec.domid == 0 {
+            host_up
+        } else {
+            r.rec.start_time.map(|t| now - t).unwrap_or(0.0)
+        };
+        let text = format::uptime_text(up.max(0.0) as u64);
+        if short {
+            println!("{:<33} {:>4} {}", r.rec.name, r.rec.domid, text.trim_start());
+        } else {
+            println!("{:<33} {:>4} {}", r.rec.name, r.rec.domid, text);
+        }
+    }
+    0
+}
+
+/// `xl destroy [-f] dom`.
+pub fn main_destroy(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("destroy", argv, 1) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match ops::destroy(&paths, &xs, &doms[0]) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// `xl shutdown [-a] [-w] [-F] [dom]`.
+pub fn main_shutdown(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, doms) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            help(Some("shutdown"));
+            return 2;
+        }
+    };
+    let mut all = false;
+    let mut wait = false;
+    for (o, _) in &opts {
+        match o.as_str() {
+            "-a" | "--all" => all = true,
+            "-w" | "--wait" => wait = true,
+            "-F" => {}
+            "-h" | "--help" => {
+                help(Some("shutdown"));
+                return 0;
+            }
+            _ => {
+                help(Some("shutdown"));
+                return 2;
+            }
+        }
+    }
+    if !all && doms.is_empty() {
+        let full = vec![argv[0].clone()];
+        return require_args("shutdown", &full, 1, 1).unwrap_or(2);
+    }
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let targets: Vec<String> = if all {
+        match registry::list_domids(&xs) {
+            Ok(ids) => ids.into_iter().filter(|&d| d != 0).map(|d| d.to_string()).collect(),
+            Err(e) => return fail(e),
+        }
+    } else {
+        vec![doms[0].clone()]
+    };
+    let mut ids = Vec::new();
+    for t in &targets {
+        match ops::shutdown(&paths, &xs, t, false) {
+            Ok(id) => ids.push(id),
+            Err(e) => return fail(e),
+        }
+    }
+    if wait {
+        for id in ids {
+            eprintln!("Waiting for domain {id} to shut down");
+            if let Err(e) = ops::wait_gone(&xs, id, None) {
+                return fail(e);
+            }
+            eprintln!("Domain {id} has been shut down");
+        }
+    }
+    0
+}
+
+/// `xl reboot [-F] dom`.
+pub fn main_reboot(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("reboot", argv, 1) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match ops::reboot(&paths, &xs, &doms[0]) {
+        Ok(_) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+fn pause_like(name: &str, argv: &[String], pause: bool) -> i32 {
+    let (_, doms) = match simple_opts(name, argv, 1) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let r = if pause {
+        ops::pause(&paths, &xs, &doms[0])
+    } else {
+        ops::unpause(&paths, &xs, &doms[0])
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// `xl pause dom`.
+pub fn main_pause(_g: &Globals, argv: &[String]) -> i32 {
+    pause_like("pause", argv, true)
+}
+
+/// `xl unpause dom`.
+pub fn main_unpause(_g: &Globals, argv: &[String]) -> i32 {
+    pause_like("unpause", argv, false)
+}
+
+/// `xl console [-t pv|serial] [-n N] [-e c] dom`.
+pub fn main_console(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, doms) = match getopt(argv, &['t', 'n', 'e'], &["type", "num"]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            help(Some("console"));
+            return 2;
+        }
+    };
+    let mut ty = ConsoleType::Pv;
+    let mut escape = 0x1d;
+    for (o, v) in &opts {
+        let v = v.clone().unwrap_or_default();
+        match o.as_str() {
+            "-t" | "--type" => {
+                ty = match v.as_str() {
+                    "pv" => ConsoleType::Pv,
+                    "serial" => ConsoleType::Serial,
+                    _ => {
+                        eprintln!("console type \"{v}\" not supported");
+                        return 1;
+                    }
+                }
+            }
+            "-n" | "--num" => {
+                if v != "0" {
+                    eprintln!("xl: console number {v}: rxen domains have console 0 only");
+                    return 1;
+                }
+            }
+            "-e" => {
+                escape = match parse_escape(&v) {
+                    Some(c) => c,
+                    None => {
+                        eprintln!("xl: bad escape character '{v}'");
+                        return 2;
+                    }
+                }
+            }
+            "-h" | "--help" => {
+                help(Some("console"));
+                return 0;
+            }
+            _ => {
+                help(Some("console"));
+                return 2;
+            }
+        }
+    }
+    let mut full = vec![argv[0].clone()];
+    full.extend(doms.iter().cloned());
+    if let Some(c) = require_args("console", &full, 1, 1) {
+        return c;
+    }
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let rec = match registry::resolve(&xs, &doms[0]) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    attach_console(&xs, rec.domid, ty, escape)
+}
+
+/// Xen's escape spec: `^X` or a single character.
+fn parse_escape(s: &str) -> Option<u8> {
+    let b = s.as_bytes();
+    match b {
+        [b'^', c] => Some(c.to_ascii_uppercase() ^ 0x40),
+        [c] => Some(*c),
+        _ => None,
+    }
+}
+
+/// `xl domid name`.
+pub fn main_domid(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("domid", argv, 1) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match registry::all_domains(&xs) {
+        Ok(all) => match all.iter().find(|r| r.name == doms[0]) {
+            Some(r) => {
+                println!("{}", r.domid);
+                0
+            }
+            None => {
+                eprintln!("Can't get domid of domain name '{}', maybe this domain does not exist.", doms[0]);
+                1
+            }
+        },
+        Err(e) => fail(e),
+    }
+}
+
+/// `xl domname id`.
+pub fn main_domname(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("domname", argv, 1) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Ok(id) = doms[0].parse::<u32>() else {
+        eprintln!("Invalid domain id.");
+        return 1;
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match registry::read_domain(&xs, id) {
+        Ok(Some(r)) => {
+            println!("{}", r.name);
+            0
+        }
+        Ok(None) => {
+            eprintln!("Can't get domain name of domain id '{id}', maybe this domain does not exist.");
+            1
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `xl rename dom newname`.
+pub fn main_rename(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("rename", argv, 2) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match ops::rename(&xs, &doms[0], &doms[1]) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// `xl sysrq dom letter`.
+pub fn main_sysrq(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, doms) = match simple_opts("sysrq", argv, 2) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    if doms[1].len() != 1 {
+        eprintln!("Invalid sysrq key.");
+        return 1;
+    }
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match ops::sysrq(&xs, &doms[0], &doms[1]) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_escape;
+
+    #[test]
+    fn escape_specs() {
+        assert_eq!(parse_escape("^]"), Some(0x1d));
+        assert_eq!(parse_escape("^a"), Some(0x01));
+        assert_eq!(parse_escape("x"), Some(b'x'));
+        assert_eq!(parse_escape("ab"), None);
+    }
+}
