@@ -224,7 +224,8 @@ fn strings(v: &[u8]) -> Result<Vec<String>> {
 /// Largest reply accepted (oxenstored may exceed `XENSTORE_PAYLOAD_MAX` on DIRECTORY).
 const CLIENT_PAYLOAD_MAX: usize = 1 << 20;
 
-fn reader_loop(mut stream: UnixStream, inner: Arc<Inner>, events: Sender<WatchEvent>) {
+fn reader_loop(stream: UnixStream, inner: Arc<Inner>, events: Sender<WatchEvent>) {
+    let mut stream = std::io::BufReader::with_capacity(64 * 1024, stream);
     let mut hdr = [0u8; HEADER_LEN];
     loop {
         if stream.read_exact(&mut hdr).is_err() {

@@ -261,7 +261,15 @@ impl Server {
                     c.more_to_read = false;
                     return;
                 }
-                Ok(n) => c.inbuf.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    c.inbuf.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        // Short read: the socket is drained (a new edge will come with more
+                        // data), which saves a read(2) returning EAGAIN per request.
+                        c.more_to_read = false;
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.more_to_read = false;
                     return;
@@ -473,8 +481,12 @@ impl Server {
                     }
                 }
             }
-            let mut touched = self.deliver(&mut out);
+            // Flush in connection order (oldest first): deterministic, and matches how C
+            // xenstored walks its connection list.
+            let mut touched: Vec<Token> = self.deliver(&mut out).into_iter().collect();
             touched.extend(work.iter().copied());
+            touched.sort_unstable();
+            touched.dedup();
             for t in touched {
                 let Some(c) = self.conns.get_mut(&t) else {
                     continue;
