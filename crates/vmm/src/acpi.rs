@@ -55,8 +55,10 @@ fn fadt(dsdt: u64, facs: u64) -> Sdt {
     f.write_u16(96, 0x65); // C2 not supported
     f.write_u16(98, 0x3e9); // C3 not supported
     f.write_u8(108, 0x32); // CMOS century register
-                           // IAPC_BOOT_ARCH: legacy devices, 8042, no VGA, no ASPM control.
-    f.write_u16(109, 1 | 2 | 4 | 0x10);
+                           // IAPC_BOOT_ARCH: legacy devices, no VGA, no ASPM control. The 8042 bit stays clear: we only
+                           // model its reset line, and a guest probing a keyboard controller that never answers spends
+                           // seconds in timeouts (each poll is a VM exit).
+    f.write_u16(109, 1 | 4 | 0x10);
     // Flags: WBINVD, PROC_C1, SLP_BUTTON (none), RESET_REG_SUP. PWR_BUTTON clear = fixed button.
     f.write_u32(112, 1 | (1 << 2) | (1 << 5) | (1 << 10));
     gas_io(&mut f, 116, PM_BASE + RESET_OFFSET, 8, 1);

@@ -182,6 +182,12 @@ impl ApiClient {
         })
     }
 
+    /// Sets how long a read (response or event) may block; `None` waits forever.
+    pub fn set_timeout(&mut self, t: Option<std::time::Duration>) -> Result<(), ClientError> {
+        self.writer.set_read_timeout(t)?;
+        Ok(())
+    }
+
     fn read_line(&mut self) -> Result<String, ClientError> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {

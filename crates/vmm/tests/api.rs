@@ -74,6 +74,7 @@ fn info_pause_unpause_and_acpi_shutdown() {
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let mut c = ApiClient::connect(&sock).unwrap();
+    c.set_timeout(Some(T)).unwrap();
     let v = c.request(Command::Version).unwrap();
     assert_eq!(v["api"], 1);
     let info = c.info().unwrap();
@@ -121,6 +122,7 @@ fn destroy_and_bad_requests() {
         assert_eq!(v["ok"], false, "{l}");
     }
     let mut c = ApiClient::connect(&sock).unwrap();
+    c.set_timeout(Some(T)).unwrap();
     c.request(Command::Subscribe).unwrap();
     c.request(Command::Destroy).unwrap();
     let ev = c.next_event().unwrap();
@@ -137,6 +139,7 @@ fn sigterm_destroys_and_pty_serial_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (mut g, sock) = spawn(dir.path(), &["--serial", "pty"]);
     let mut c = ApiClient::connect(&sock).unwrap();
+    c.set_timeout(Some(T)).unwrap();
     let info = c.info().unwrap();
     assert_eq!(info.serial.mode, "pty");
     let pty = info.serial.path.expect("pty path");
