@@ -173,12 +173,18 @@ impl NetWorker {
                     }
                 },
             };
-            let chain = {
+            let mut chain = {
                 let mut iter = self.rxq.iter(&mem).map_err(qerr)?;
                 iter.next()
             };
+            if chain.is_none() && self.rxq.enable_notification(&mem).map_err(qerr)? {
+                // Buffers arrived while notifications were being re-enabled.
+                let mut iter = self.rxq.iter(&mem).map_err(qerr)?;
+                chain = iter.next();
+            }
             let Some(chain) = chain else {
-                // No guest buffer: keep the packet and stop polling the tap until the guest adds some.
+                // No guest buffer: keep the packet and stop polling the tap until the guest adds
+                // some (its notification is enabled above).
                 self.rx_pending = Some(pkt);
                 break;
             };

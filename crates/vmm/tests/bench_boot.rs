@@ -1,0 +1,89 @@
+//! Benchmark (not a pass/fail test): time from process start to the guest's first userspace marker
+//! and VMM memory overhead, rxen-vmm vs QEMU (`-M pc`, `-M microvm`) and, when `RXEN_CH` points at
+//! a Cloud Hypervisor binary, CH — side by side in one run. Run inside the test host:
+//! `scripts/e2e benchmark_` (iterations: `RXEN_BENCH_ITERS`, default 5).
+
+use std::time::Duration;
+
+use rxen_testkit::{require_linux_kvm, Assets, BootSpec, Guest, Vmm};
+
+/// RSS of `pid` outside mappings of exactly the guest memory size (i.e. VMM overhead), in KiB.
+fn overhead_rss_kib(pid: u32, guest_bytes: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    let mut skip = false;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+                let a = u64::from_str_radix(a, 16).unwrap_or(0);
+                let b = u64::from_str_radix(b, 16).unwrap_or(0);
+                skip = b - a >= guest_bytes;
+            }
+            Some("Rss:") if !skip => {
+                total += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore = "benchmark: needs a KVM that boots Linux (run via scripts/e2e benchmark_)"]
+fn benchmark_boot_to_userspace_and_rss() {
+    require_linux_kvm().unwrap();
+    let assets = Assets::get().unwrap();
+    let iters: usize = std::env::var("RXEN_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let mut vmms = vec![
+        ("rxen-vmm", Vmm::Rxen),
+        ("qemu -M pc", Vmm::QemuPc),
+        ("qemu -M microvm", Vmm::QemuMicrovm),
+    ];
+    if let Some(ch) = std::env::var_os("RXEN_CH") {
+        vmms.push(("cloud-hypervisor", Vmm::CloudHypervisor(ch.into())));
+    }
+    let spec = BootSpec::initramfs(&assets);
+    let mut results = vec![];
+    for (name, vmm) in &vmms {
+        let mut times = vec![];
+        let mut rss = vec![];
+        for _ in 0..iters {
+            let mut g = match Guest::spawn(spec.command(vmm), name) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("{name}: cannot start: {e}");
+                    break;
+                }
+            };
+            if let Err(e) = g.wait_ready(Duration::from_secs(180)) {
+                eprintln!("{name}: boot failed: {e}");
+                break;
+            }
+            times.push(g.time_to_userspace().unwrap().as_secs_f64());
+            rss.push(overhead_rss_kib(g.pid(), u64::from(spec.memory_mib) << 20) as f64);
+            let _ = g.send("poweroff -f");
+            let _ = g.wait_exit(Duration::from_secs(60));
+        }
+        if !times.is_empty() {
+            results.push((name.to_string(), median(&mut times), median(&mut rss)));
+        }
+    }
+    let base = results.iter().find(|r| r.0 == "rxen-vmm").map(|r| r.1);
+    eprintln!("\n| VMM | time to userspace (median of {iters}) | ratio to rxen | VMM RSS beyond guest RAM |");
+    eprintln!("|---|---|---|---|");
+    for (name, t, r) in &results {
+        let ratio = base.map(|b| t / b).unwrap_or(f64::NAN);
+        eprintln!("| {name} | {t:.2} s | {ratio:.2} | {:.1} MiB |", r / 1024.0);
+    }
+    assert!(base.is_some(), "rxen-vmm did not boot");
+}
