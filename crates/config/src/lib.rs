@@ -3,7 +3,7 @@
 //! Xen's `xl` configuration language, read exactly like Xen 4.17's `xl` reads it, and the
 //! typed domain configuration model built from it.
 //!
-//! * [`cfg`] — the xl.cfg grammar (libxlu): strings, escapes, numbers, lists, `+=`, comments,
+//! * [`cfg`](mod@cfg) — the xl.cfg grammar (libxlu): strings, escapes, numbers, lists, `+=`, comments,
 //!   error texts and error recovery identical to Xen.
 //! * [`domain`] — from a parsed file to a [`model::DomainConfig`] (xl's `parse_config_data`):
 //!   every key, default, warning and error of Xen 4.17; `key=value` overrides of `xl create`.
