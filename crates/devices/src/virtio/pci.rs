@@ -563,3 +563,107 @@ impl Drop for VirtioPciDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use vm_memory::{Bytes, GuestAddress};
+
+    struct NoMsi;
+    impl MsiSender for NoMsi {
+        fn send_msi(&self, _a: u64, _d: u32) -> bool {
+            true
+        }
+    }
+
+    fn dev() -> (VirtioPciDevice, GuestMemoryMmap) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let d = VirtioPciDevice::new(
+            Box::new(Rng::new()),
+            mem.clone(),
+            Arc::new(NoMsi),
+            0xc000_0000,
+            None,
+        )
+        .unwrap();
+        (d, mem)
+    }
+
+    fn w(d: &mut VirtioPciDevice, off: u64, v: &[u8]) {
+        BusDevice::write(d, 0, off, v);
+    }
+
+    #[test]
+    fn feature_negotiation_requires_version_1() {
+        let (mut d, _) = dev();
+        w(&mut d, 0x14, &[3]);
+        w(&mut d, 0x14, &[0xb]);
+        let mut s = [0u8];
+        BusDevice::read(&mut d, 0, 0x14, &mut s);
+        assert_eq!(s[0] & status::FEATURES_OK, 0, "refused without VERSION_1");
+        w(&mut d, 0x14, &[0]);
+        w(&mut d, 0x08, &1u32.to_le_bytes());
+        w(&mut d, 0x0c, &1u32.to_le_bytes());
+        w(&mut d, 0x14, &[0xb]);
+        BusDevice::read(&mut d, 0, 0x14, &mut s);
+        assert_ne!(s[0] & status::FEATURES_OK, 0);
+        let mut n = [0u8; 2];
+        BusDevice::read(&mut d, 0, 0x12, &mut n);
+        assert_eq!(u16::from_le_bytes(n), 1);
+    }
+
+    #[test]
+    fn rng_request_completes_through_the_transport() {
+        let (mut d, mem) = dev();
+        w(&mut d, 0x14, &[3]);
+        w(&mut d, 0x08, &1u32.to_le_bytes());
+        w(&mut d, 0x0c, &1u32.to_le_bytes());
+        w(&mut d, 0x14, &[0xb]);
+        w(&mut d, 0x18, &8u16.to_le_bytes());
+        w(&mut d, 0x20, &0x1000u32.to_le_bytes());
+        w(&mut d, 0x28, &0x2000u32.to_le_bytes());
+        w(&mut d, 0x30, &0x3000u32.to_le_bytes());
+        w(&mut d, 0x1c, &1u16.to_le_bytes());
+        w(&mut d, 0x14, &[0xf]);
+        // One 32-byte writable buffer.
+        mem.write_obj(0x8000u64, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(32u32, GuestAddress(0x1008)).unwrap();
+        mem.write_obj(2u16, GuestAddress(0x100c)).unwrap();
+        mem.write_obj(0u16, GuestAddress(0x2004)).unwrap();
+        mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        w(&mut d, NOTIFY, &0u16.to_le_bytes());
+        let start = std::time::Instant::now();
+        while mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap() != 1 {
+            assert!(start.elapsed().as_secs() < 10, "request never completed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 32);
+        w(&mut d, 0x14, &[0]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn transport_survives_arbitrary_register_traffic(
+            ops in proptest::collection::vec(
+                (0u64..0x6000, proptest::collection::vec(proptest::num::u8::ANY, 1..9), proptest::bool::ANY),
+                0..200,
+            )
+        ) {
+            let (mut d, _mem) = dev();
+            for (off, data, cfg) in ops {
+                if cfg {
+                    let reg = (off as usize / 4) % 64;
+                    let _ = PciDevice::config_write(&mut d, reg, off % 4, &data[..data.len().min(4)]);
+                    let mut b = data.clone();
+                    PciDevice::config_read(&mut d, reg, off % 4, &mut b);
+                } else {
+                    BusDevice::write(&mut d, 0, off, &data);
+                    let mut b = data.clone();
+                    BusDevice::read(&mut d, 0, off, &mut b);
+                }
+            }
+        }
+    }
+}
