@@ -372,6 +372,7 @@ impl Vm {
         let msi: Arc<dyn MsiSender> = Arc::new(KvmMsi { vm: vm_fd.clone() });
         let intx_lines = [5u32, 10, 11];
         let mut virtio = Vec::new();
+        let ioevents: Arc<Mutex<HashMap<usize, Vec<EventFd>>>> = Arc::default();
         for (i, d) in devices.into_iter().enumerate() {
             let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
             let gsi = intx_lines[i % intx_lines.len()];
@@ -399,8 +400,36 @@ impl Vm {
                     reason: "no free PCI slot".into(),
                 })?;
             tracing::debug!("{name} at 00:{slot:02x}.0, BAR0 {bar:#x}");
+            // Queue notifications complete in the kernel (ioeventfd): a guest kick costs no exit
+            // to this process. The transport's own notify handler stays as a fallback.
+            let evts: Vec<EventFd> = dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .queue_evts()
+                .iter()
+                .filter_map(|e| e.try_clone().ok())
+                .collect();
+            register_ioevents(&vm_fd, &evts, bar, true);
+            ioevents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(slot, evts);
             virtio.push(dev);
         }
+        let (vm2, ioevents2) = (vm_fd.clone(), ioevents.clone());
+        pci_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_bar_listener(Arc::new(move |slot, m| {
+                if let Some(evts) = ioevents2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&slot)
+                {
+                    register_ioevents(&vm2, evts, m.old, false);
+                    register_ioevents(&vm2, evts, m.new, true);
+                }
+            }));
 
         // Guest image.
         let rsdp = acpi::write_tables(&mem, cfg.vcpus)?;
@@ -807,6 +836,20 @@ impl Vm {
             }
         }
         None
+    }
+}
+
+fn register_ioevents(vm: &VmFd, evts: &[EventFd], bar: u64, add: bool) {
+    for (q, evt) in evts.iter().enumerate() {
+        let addr = kvm_ioctls::IoEventAddress::Mmio(bar + VirtioPciDevice::notify_offset(q));
+        let r = if add {
+            vm.register_ioevent(evt, &addr, kvm_ioctls::NoDatamatch)
+        } else {
+            vm.unregister_ioevent(evt, &addr, kvm_ioctls::NoDatamatch)
+        };
+        if let Err(e) = r {
+            tracing::debug!("ioeventfd for queue {q} at {bar:#x}: {e}");
+        }
     }
 }
 

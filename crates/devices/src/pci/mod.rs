@@ -217,12 +217,16 @@ pub trait PciDevice: Send {
 /// Shared handle to a PCI function.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
+/// Called after the MMIO range of the device in `slot` moved (e.g. to re-register ioeventfds).
+pub type BarListener = Arc<dyn Fn(usize, &BarMove) + Send + Sync>;
+
 /// The host bridge (00:00.0) and configuration mechanism #1.
 pub struct PciRoot {
     config_address: u32,
     bridge: PciConfiguration,
     slots: Vec<Option<SharedPciDevice>>,
     mmio_bus: Arc<Bus>,
+    bar_listener: Option<BarListener>,
 }
 
 impl PciRoot {
@@ -245,7 +249,13 @@ impl PciRoot {
             bridge,
             slots,
             mmio_bus,
+            bar_listener: None,
         }
+    }
+
+    /// Installs the callback run after a BAR move was applied to the MMIO bus.
+    pub fn set_bar_listener(&mut self, l: BarListener) {
+        self.bar_listener = Some(l);
     }
 
     /// Plugs `dev` into the first free slot and returns the slot number.
@@ -324,13 +334,21 @@ impl BusDevice for PciRoot {
                     None => None,
                 };
                 if let Some(m) = moved {
-                    if let Err(e) = self.mmio_bus.relocate(m.old, m.new) {
-                        tracing::warn!(
-                            "pci: cannot move BAR {:#x} -> {:#x} (len {:#x}): {e}",
-                            m.old,
-                            m.new,
-                            m.len
-                        );
+                    let slot = self.target().map(|t| t.0).unwrap_or(0);
+                    match self.mmio_bus.relocate(m.old, m.new) {
+                        Ok(()) => {
+                            if let Some(l) = &self.bar_listener {
+                                l(slot, &m);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "pci: cannot move BAR {:#x} -> {:#x} (len {:#x}): {e}",
+                                m.old,
+                                m.new,
+                                m.len
+                            );
+                        }
                     }
                 }
             }
