@@ -274,6 +274,10 @@ pub struct VmConfig {
     /// RTC.
     #[serde(default)]
     pub rtc: RtcConfig,
+    /// On a guest reset, restart the domain inside the same process (same pid, API socket and
+    /// config) instead of exiting with code 3: `on_reboot=restart` without a new process.
+    #[serde(default)]
+    pub reboot_in_place: bool,
 }
 
 /// Hard limits.
@@ -300,6 +304,7 @@ impl VmConfig {
             rng: false,
             api_socket: None,
             rtc: RtcConfig::default(),
+            reboot_in_place: false,
         }
     }
 

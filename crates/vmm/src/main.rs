@@ -47,6 +47,9 @@ struct Cli {
     /// Domain name.
     #[arg(long)]
     name: Option<String>,
+    /// On a guest reset, restart the domain in this process (same pid) instead of exiting with 3.
+    #[arg(long)]
+    reboot_in_place: bool,
     /// Settings as JSON (`VmConfig`); command-line options override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -82,6 +85,7 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     cfg.disks.extend(cli.disk);
     cfg.nets.extend(cli.net);
     cfg.rng |= cli.rng;
+    cfg.reboot_in_place |= cli.reboot_in_place;
     if cli.api_socket.is_some() {
         cfg.api_socket = cli.api_socket;
     }
@@ -109,19 +113,26 @@ fn main() {
         }
     };
     vm::block_termination_signals();
-    let code = match vm::Vm::new(cfg) {
-        Ok(v) => v.run(),
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(c) = cur {
-                msg.push_str(": ");
-                msg.push_str(&c.to_string());
-                cur = c.source();
+    let code = loop {
+        let r = match vm::Vm::new(cfg.clone()) {
+            Ok(v) => v.run(),
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(c) = cur {
+                    msg.push_str(": ");
+                    msg.push_str(&c.to_string());
+                    cur = c.source();
+                }
+                tracing::error!("{msg}");
+                ExitCode::Error
             }
-            tracing::error!("{msg}");
-            ExitCode::Error
+        };
+        if r == ExitCode::Reboot && cfg.reboot_in_place {
+            tracing::info!("guest reset: restarting the domain in place");
+            continue;
         }
+        break r;
     };
     std::process::exit(code as i32);
 }

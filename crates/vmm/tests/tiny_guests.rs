@@ -189,3 +189,37 @@ ap_end:
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     assert_eq!(r.stdout, "BSP\nA\nAP ran\n");
 }
+
+#[test]
+fn reboot_in_place_restarts_the_guest_in_the_same_process() {
+    let Some(dir) = setup() else { return };
+    let k = build_guest(
+        dir.path(),
+        "reboots",
+        &guest("PUTS msg\nmov $0xfe, %al\nout %al, $0x64\n1: hlt\njmp 1b\nmsg: .asciz \"boot\\n\"\n"),
+    );
+    let child = std::process::Command::new(vmm_bin())
+        .args(["--kernel", k.to_str().unwrap(), "--memory", "32", "--serial", "stdio"])
+        .arg("--reboot-in-place")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = ChildGuard(Some(child));
+    let mut out = g.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    use std::io::Read;
+    while seen.windows(5).filter(|w| w == b"boot\n").count() < 3 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "VMM exited instead of restarting");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let pid = g.0.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let r = wait_child(g.0.take().unwrap(), T);
+    assert_eq!(r.code, Some(5), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("restarting the domain in place"), "{}", r.stderr);
+}
