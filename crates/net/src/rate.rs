@@ -1,0 +1,223 @@
+//! `rate=` (Xen's vif rate limit) parsing and enforcement with `tc`.
+//!
+//! Grammar (xl's `libxlu_vif.c`): `RATE[@INTERVAL]`, RATE = `^[0-9]+[GMK]?[Bb]/s$`
+//! (`B` bytes, `b` bits, decimal multipliers), INTERVAL = `^[0-9]+[mu]?s?$` (default 50ms).
+//! Xen turns it into `rate_bytes_per_interval` / `rate_interval_usecs` and netback limits
+//! what the guest *transmits*. rxen does the same on the host side of the tap, where guest
+//! transmissions arrive as ingress: an `ingress` qdisc with a `matchall` filter and a
+//! `police` action (iproute2's `tc`; netlink-packet-route has no police action encoder).
+
+use std::process::Command;
+
+use crate::nl::check_ifname;
+use crate::{Error, Result};
+
+/// A parsed `rate=` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Bytes the guest may send per interval.
+    pub bytes_per_interval: u64,
+    /// Interval length in microseconds.
+    pub interval_usecs: u64,
+}
+
+fn bad(s: &str, why: &str) -> Error {
+    Error::BadSpec {
+        key: "rate",
+        msg: format!("invalid rate {s:?}: {why}"),
+    }
+}
+
+impl Rate {
+    /// Parses `RATE[@INTERVAL]` exactly like xl.
+    pub fn parse(s: &str) -> Result<Rate> {
+        let (r, i) = match s.split_once('@') {
+            Some((r, i)) => (r, Some(i)),
+            None => (s, None),
+        };
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad(s, "must start with a number"));
+        }
+        let n: u64 = r[..digits]
+            .parse()
+            .map_err(|_| bad(s, "number too large"))?;
+        let mut rest = &r[digits..];
+        let mult: u64 = match rest.as_bytes().first() {
+            Some(b'G') => 1_000_000_000,
+            Some(b'M') => 1_000_000,
+            Some(b'K') => 1_000,
+            _ => 1,
+        };
+        if mult != 1 {
+            rest = &rest[1..];
+        }
+        let bits = match rest {
+            "B/s" => false,
+            "b/s" => true,
+            _ => return Err(bad(s, "expected RATE like 10Mb/s or 1MB/s")),
+        };
+        let mut bytes_per_sec = n.checked_mul(mult).ok_or_else(|| bad(s, "overflow"))?;
+        if bits {
+            bytes_per_sec /= 8;
+        }
+        if bytes_per_sec == 0 {
+            return Err(bad(s, "rate must be positive"));
+        }
+        let interval_usecs = match i {
+            None => 50_000,
+            Some(i) => {
+                let d = i.bytes().take_while(u8::is_ascii_digit).count();
+                if d == 0 {
+                    return Err(bad(s, "interval must start with a number"));
+                }
+                let v: u64 = i[..d].parse().map_err(|_| bad(s, "interval too large"))?;
+                let unit: u64 = match &i[d..] {
+                    "" | "s" => 1_000_000,
+                    "m" | "ms" => 1_000,
+                    "u" | "us" => 1,
+                    _ => return Err(bad(s, "interval unit must be s, ms or us")),
+                };
+                let us = v.checked_mul(unit).ok_or_else(|| bad(s, "overflow"))?;
+                if us == 0 || us > u32::MAX as u64 {
+                    return Err(bad(s, "interval out of range"));
+                }
+                us
+            }
+        };
+        let bpi = bytes_per_sec
+            .checked_mul(interval_usecs)
+            .ok_or_else(|| bad(s, "overflow"))?
+            / 1_000_000;
+        if bpi == 0 || bpi > u32::MAX as u64 {
+            return Err(bad(s, "bytes per interval out of range"));
+        }
+        Ok(Rate {
+            bytes_per_interval: bpi,
+            interval_usecs,
+        })
+    }
+
+    /// Bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_interval.saturating_mul(1_000_000) / self.interval_usecs.max(1)
+    }
+}
+
+fn tc(args: &[&str]) -> Result<()> {
+    let bin = std::env::var("RXEN_TC").unwrap_or_else(|_| "tc".to_string());
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Tc {
+            args: args.join(" "),
+            stderr: format!("cannot run {bin} (apt-get install iproute2): {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Tc {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Limits what arrives on `dev` (the guest's transmissions) to `rate`.
+pub fn apply(dev: &str, rate: &Rate) -> Result<()> {
+    check_ifname(dev)?;
+    // Replace any previous limit so the call is idempotent.
+    let _ = remove(dev);
+    tc(&["qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"])?;
+    let bps = rate.bytes_per_sec().to_string();
+    // The bucket holds one interval's credit, at least one full frame.
+    let burst = rate.bytes_per_interval.max(65_536).to_string();
+    let r = tc(&[
+        "filter",
+        "add",
+        "dev",
+        dev,
+        "parent",
+        "ffff:",
+        "matchall",
+        "action",
+        "police",
+        "rate",
+        &format!("{bps}bps"),
+        "burst",
+        &burst,
+        "drop",
+    ]);
+    if r.is_err() {
+        let _ = remove(dev);
+    }
+    r
+}
+
+/// Removes the limit (`Ok` if there was none or the device is gone).
+pub fn remove(dev: &str) -> Result<()> {
+    check_ifname(dev)?;
+    match tc(&["qdisc", "del", "dev", dev, "handle", "ffff:", "ingress"]) {
+        Ok(()) => Ok(()),
+        Err(Error::Tc { stderr, .. })
+            if stderr.contains("Cannot find device")
+                || stderr.contains("Invalid handle")
+                || stderr.contains("No such file")
+                || stderr.contains("Cannot delete qdisc with handle of zero") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn xl_examples() {
+        assert_eq!(
+            Rate::parse("10Mb/s").unwrap(),
+            Rate {
+                bytes_per_interval: 62_500,
+                interval_usecs: 50_000
+            }
+        );
+        assert_eq!(
+            Rate::parse("1MB/s@20ms").unwrap(),
+            Rate {
+                bytes_per_interval: 20_000,
+                interval_usecs: 20_000
+            }
+        );
+        assert_eq!(
+            Rate::parse("1MB/s@1s").unwrap().bytes_per_interval,
+            1_000_000
+        );
+        assert_eq!(Rate::parse("100KB/s@100us").unwrap().bytes_per_interval, 10);
+        for bad in [
+            "", "10", "10M", "10Mb", "Mb/s", "10mb/s", "0B/s", "1B/s@", "1MB/s@5x", "1B/s@1us",
+        ] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in ".{0,40}") {
+            let _ = Rate::parse(&s);
+        }
+
+        #[test]
+        fn valid_forms_parse(n in 1u64..100_000, m in prop::sample::select(vec!["", "K", "M", "G"]),
+                             u in prop::sample::select(vec!["B", "b"]), i in 1u64..1000,
+                             iu in prop::sample::select(vec!["ms", "s", "m"])) {
+            let s = format!("{n}{m}{u}/s@{i}{iu}");
+            if let Ok(r) = Rate::parse(&s) {
+                prop_assert!(r.bytes_per_interval > 0);
+                prop_assert!(r.interval_usecs >= 1000);
+            }
+        }
+    }
+}
