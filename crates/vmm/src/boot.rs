@@ -294,13 +294,77 @@ fn write_pvh_info(
     Ok(())
 }
 
-/// Creates the guest RAM mapping.
-pub fn create_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_bytes)
-        .into_iter()
-        .map(|(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges)
+/// Owns the host mappings backing guest RAM; unmaps them on drop.
+#[derive(Debug)]
+pub struct RamMappings(Vec<(usize, usize)>);
+
+impl Drop for RamMappings {
+    fn drop(&mut self) {
+        for (addr, len) in &self.0 {
+            // SAFETY: each range was mapped by `create_memory` and is unmapped exactly once, after
+            // every user of the guest memory (vCPUs, device workers) is gone.
+            unsafe { libc::munmap(*addr as *mut libc::c_void, *len) };
+        }
+    }
+}
+
+const HUGE: usize = 2 << 20;
+
+/// Creates the guest RAM: anonymous mappings aligned to 2 MiB (so guest 2 MiB pages can be backed
+/// by host huge pages and mapped with large nested page-table entries) with MADV_HUGEPAGE.
+pub fn create_memory(mem_bytes: u64) -> Result<(GuestMemoryMmap, RamMappings), String> {
+    let mut regions = Vec::new();
+    let mut owned = RamMappings(Vec::new());
+    for (start, len) in ram_ranges(mem_bytes) {
+        let len = usize::try_from(len).map_err(|_| "memory size overflows usize".to_string())?;
+        let map_len = len + HUGE;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a fresh anonymous mapping; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap of {len} bytes: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let base = p as usize;
+        let aligned = (base + HUGE - 1) & !(HUGE - 1);
+        // SAFETY: trimming the unaligned head and the tail of the mapping made just above.
+        unsafe {
+            if aligned > base {
+                libc::munmap(p, aligned - base);
+            }
+            let tail = aligned + len;
+            if base + map_len > tail {
+                libc::munmap(tail as *mut libc::c_void, base + map_len - tail);
+            }
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+        owned.0.push((aligned, len));
+        // SAFETY: [aligned, aligned + len) is a live read/write mapping owned by `owned`, which
+        // the caller keeps alive as long as the returned memory is used.
+        let region = unsafe {
+            vm_memory::mmap::MmapRegionBuilder::new(len)
+                .with_mmap_flags(flags)
+                .with_raw_mmap_pointer(aligned as *mut u8)
+        }
+        .build()
+        .map_err(|e| e.to_string())?;
+        let r = vm_memory::GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or_else(|| "invalid guest region".to_string())?;
+        regions.push(r);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| e.to_string())?;
+    Ok((mem, owned))
 }
 
 /// Total RAM mapped, for sanity checks.

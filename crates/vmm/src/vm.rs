@@ -172,6 +172,8 @@ pub struct Vm {
     _serial_backend_keep: Vec<console::ConsoleBackend>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     _stdin_guard: Option<console::StdinRawGuard>,
+    /// Host mappings of guest RAM: declared last so they are unmapped after everything else.
+    ram: Option<boot::RamMappings>,
 }
 
 fn console_info(mode: &ConsoleMode, pty: Option<String>) -> ConsoleInfo {
@@ -226,9 +228,9 @@ impl Vm {
             })
             .map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-        let mem = boot::create_memory(mem_bytes).map_err(|e| VmError::Memory {
+        let (mem, ram) = boot::create_memory(mem_bytes).map_err(|reason| VmError::Memory {
             mib: cfg.memory_mib,
-            reason: e.to_string(),
+            reason,
         })?;
         for (slot, region) in mem.iter().enumerate() {
             let r = kvm_userspace_memory_region {
@@ -447,9 +449,18 @@ impl Vm {
         )?;
         tracing::debug!("entry {:#x} ({:?})", boot_info.entry, boot_info.mode);
 
-        let cpuid = kvm
+        let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            // The in-kernel LAPIC emulates the TSC-deadline timer, but KVM does not report it in
+            // the supported CPUID: advertise it so the guest need not calibrate the APIC timer.
+            for e in cpuid.as_mut_slice() {
+                if e.function == 1 {
+                    e.ecx |= 1 << 24;
+                }
+            }
+        }
         let mut vcpu_fds = Vec::new();
         for id in 0..cfg.vcpus {
             let v = vm_fd
@@ -485,6 +496,7 @@ impl Vm {
             _serial_backend_keep: keep,
             virtio,
             _stdin_guard: stdin_guard,
+            ram: Some(ram),
         })
     }
 
@@ -536,10 +548,18 @@ impl Vm {
             self.kick_all();
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        let mut stuck = false;
         for v in self.vcpus.drain(..) {
             if v.thread.is_finished() {
                 let _ = v.thread.join();
+            } else {
+                stuck = true;
             }
+        }
+        if stuck {
+            // A vCPU thread that never returned may still touch guest memory: keep it mapped.
+            tracing::warn!("a vCPU thread did not stop; guest memory is leaked");
+            std::mem::forget(self.ram.take());
         }
     }
 

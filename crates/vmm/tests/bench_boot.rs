@@ -87,3 +87,25 @@ fn benchmark_boot_to_userspace_and_rss() {
     }
     assert!(base.is_some(), "rxen-vmm did not boot");
 }
+
+/// Diagnostic: the guest's own boot timeline (dmesg, quiet boot) under rxen-vmm and QEMU.
+#[test]
+#[ignore = "diagnostic: needs a KVM that boots Linux (run via scripts/e2e benchmark_dmesg)"]
+fn benchmark_dmesg_timeline() {
+    require_linux_kvm().unwrap();
+    let assets = Assets::get().unwrap();
+    let mut spec = BootSpec::initramfs(&assets);
+    spec.cmdline.push_str(" printk.time=1");
+    for (name, vmm) in [("rxen-vmm", Vmm::Rxen), ("qemu -M pc", Vmm::QemuPc)] {
+        let mut g = Guest::spawn(spec.command(&vmm), name).unwrap();
+        g.wait_ready(Duration::from_secs(180)).unwrap();
+        let o = g.run("dmesg").unwrap();
+        eprintln!(
+            "===== {name}: userspace at {:?}\n{}",
+            g.time_to_userspace(),
+            o.output
+        );
+        let _ = g.send("poweroff -f");
+        let _ = g.wait_exit(Duration::from_secs(60));
+    }
+}

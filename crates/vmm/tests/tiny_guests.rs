@@ -196,10 +196,19 @@ fn reboot_in_place_restarts_the_guest_in_the_same_process() {
     let k = build_guest(
         dir.path(),
         "reboots",
-        &guest("PUTS msg\nmov $0xfe, %al\nout %al, $0x64\n1: hlt\njmp 1b\nmsg: .asciz \"boot\\n\"\n"),
+        &guest(
+            "PUTS msg\nmov $0xfe, %al\nout %al, $0x64\n1: hlt\njmp 1b\nmsg: .asciz \"boot\\n\"\n",
+        ),
     );
     let child = std::process::Command::new(vmm_bin())
-        .args(["--kernel", k.to_str().unwrap(), "--memory", "32", "--serial", "stdio"])
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "32",
+            "--serial",
+            "stdio",
+        ])
         .arg("--reboot-in-place")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -221,5 +230,9 @@ fn reboot_in_place_restarts_the_guest_in_the_same_process() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let r = wait_child(g.0.take().unwrap(), T);
     assert_eq!(r.code, Some(5), "stderr: {}", r.stderr);
-    assert!(r.stderr.contains("restarting the domain in place"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("restarting the domain in place"),
+        "{}",
+        r.stderr
+    );
 }
