@@ -130,6 +130,7 @@ pub fn host_network_teardown(net: &HostNetwork) -> Result<()> {
             if nft::list_rules()?.is_empty() {
                 nft::delete_table()?;
             }
+            nft::delete_rate_table_if_empty()?;
         }
         HostNetwork::Route { gatewaydev } => {
             let g = gateway_dev(&nl, gatewaydev)?;

@@ -93,14 +93,6 @@ pub enum Error {
         /// nft's error output.
         stderr: String,
     },
-    /// `tc` failed or could not be run.
-    #[error("tc {args}: {stderr}")]
-    Tc {
-        /// The arguments.
-        args: String,
-        /// tc's error output (or the spawn error).
-        stderr: String,
-    },
     /// A vif setting is invalid (the message names the key).
     #[error("vif {key}: {msg}")]
     BadSpec {

@@ -5,6 +5,10 @@
 //! and "no new inbound connections" for NAT'ed guests). Every rule carries a comment
 //! `rxen:dom<domid>:vif<devid>`, so the rules of one vif or one domain are found and deleted
 //! by handle — exactly those, nothing else (see [`delete_rules`]).
+//!
+//! `rate=` limits live in a second table, `netdev rxen`, one chain per vif named
+//! `dom<domid>_vif<devid>` hooked on the tap's ingress (see [`set_rate_limit`]); a domain's
+//! chains are found by that name.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -267,16 +271,121 @@ pub fn delete_rules(comment: &str, prefix: bool) -> Result<usize> {
     })
 }
 
+/// Name of the per-vif rate-limit chain in the `netdev rxen` table.
+pub fn rate_chain(domid: u32, devid: u32) -> String {
+    format!("dom{domid}_vif{devid}")
+}
+
+/// Installs (or replaces) a policer on `dev`'s ingress: traffic beyond `bytes_per_sec`
+/// (with a bucket of `burst` bytes) is dropped.
+pub fn set_rate_limit(
+    dev: &str,
+    domid: u32,
+    devid: u32,
+    bytes_per_sec: u64,
+    burst: u64,
+) -> Result<()> {
+    let chain = rate_chain(domid, devid);
+    let cmds = vec![
+        json!({"add": {"table": {"family": "netdev", "name": TABLE}}}),
+        json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": chain,
+            "type": "filter", "hook": "ingress", "prio": 0, "dev": dev, "policy": "accept"}}}),
+        json!({"flush": {"chain": {"family": "netdev", "table": TABLE, "name": chain}}}),
+        json!({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": chain,
+            "comment": vif_comment(domid, devid),
+            "expr": [{"limit": {"rate": bytes_per_sec, "burst": burst, "per": "second",
+                "inv": true, "rate_unit": "bytes", "burst_unit": "bytes"}}, {"drop": null}]}}}),
+    ];
+    run_json(&json!({ "nftables": cmds }), "add rate limit")?;
+    Ok(())
+}
+
+fn missing(stderr: &str) -> bool {
+    stderr.contains("No such file or directory") || stderr.contains("does not exist")
+}
+
+/// Deletes a vif's rate-limit chain; `Ok(false)` if there was none.
+pub fn delete_rate_limit(domid: u32, devid: u32) -> Result<bool> {
+    let chain = rate_chain(domid, devid);
+    match run_nft(
+        &["delete", "chain", "netdev", TABLE, &chain],
+        None,
+        "delete rate limit",
+    ) {
+        Ok(_) => Ok(true),
+        Err(Error::Nft { stderr, .. }) if missing(&stderr) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Chains of the `netdev rxen` table (empty if it does not exist).
+pub fn list_rate_chains() -> Result<Vec<String>> {
+    let out = match run_nft(
+        &["-j", "list", "table", "netdev", TABLE],
+        None,
+        "list rate limits",
+    ) {
+        Ok(o) => o,
+        Err(Error::Nft { stderr, .. }) if missing(&stderr) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let v: Value = serde_json::from_str(&out).map_err(|e| Error::Nft {
+        what: "parse nft listing".into(),
+        stderr: e.to_string(),
+    })?;
+    Ok(v.get("nftables")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|it| it.get("chain")?.get("name")?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Deletes every rate-limit chain of a domain; returns how many.
+pub fn delete_domain_rate_limits(domid: u32) -> Result<usize> {
+    let prefix = format!("dom{domid}_vif");
+    let mut n = 0;
+    for c in list_rate_chains()? {
+        if c.strip_prefix(&prefix)
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        {
+            match run_nft(
+                &["delete", "chain", "netdev", TABLE, &c],
+                None,
+                "delete rate limit",
+            ) {
+                Ok(_) => n += 1,
+                Err(Error::Nft { stderr, .. }) if missing(&stderr) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// Deletes the whole rxen table (host teardown). `Ok(false)` if it did not exist.
 pub fn delete_table() -> Result<bool> {
     match run_nft(&["delete", "table", "ip", TABLE], None, "delete rxen table") {
         Ok(_) => Ok(true),
-        Err(Error::Nft { stderr, .. })
-            if stderr.contains("No such file or directory")
-                || stderr.contains("does not exist") =>
-        {
-            Ok(false)
-        }
+        Err(Error::Nft { stderr, .. }) if missing(&stderr) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the `netdev rxen` table if it has no chain left. `Ok(true)` if deleted.
+pub fn delete_rate_table_if_empty() -> Result<bool> {
+    if !list_rate_chains()?.is_empty() {
+        return Ok(false);
+    }
+    match run_nft(
+        &["delete", "table", "netdev", TABLE],
+        None,
+        "delete rxen netdev table",
+    ) {
+        Ok(_) => Ok(true),
+        Err(Error::Nft { stderr, .. }) if missing(&stderr) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -289,7 +289,7 @@ impl Online<'_> {
 
     fn rate(&mut self) -> Result<()> {
         if let Some(r) = &self.spec.rate {
-            rate::apply(&self.spec.ifname, r)?;
+            rate::apply(&self.spec.ifname, self.spec.domid, self.spec.devid, r)?;
             self.undo.push(Undo::Rate);
         }
         Ok(())
@@ -509,7 +509,7 @@ fn undo_all(nl: &Netlink, h: &VifHandle, xs: Option<Xenstore<'_>>) -> Result<()>
     let present = nl.link(&s.ifname)?.is_some();
     for u in h.undo.iter().rev() {
         // Link-level state vanished with the link; only tables and xenstore remain.
-        let link_level = !matches!(u, Undo::Nft(_) | Undo::Script(_) | Undo::Nodes);
+        let link_level = !matches!(u, Undo::Nft(_) | Undo::Rate | Undo::Script(_) | Undo::Nodes);
         if link_level && !present {
             continue;
         }
@@ -525,7 +525,7 @@ fn undo_all(nl: &Netlink, h: &VifHandle, xs: Option<Xenstore<'_>>) -> Result<()>
                 .and_then(|p| sysctl::set(&p, old))
                 .map(|_| ()),
             Undo::Nft(c) => nft::delete_rules(c, false).map(|_| ()),
-            Undo::Rate => rate::remove(&s.ifname),
+            Undo::Rate => rate::remove(s.domid, s.devid),
             Undo::Script(p) => match xs {
                 Some(x) => hotplug::run_offline(x, s, p, s.script_timeout),
                 None => Err(Error::NeedXenstore(p.clone())),
@@ -584,7 +584,8 @@ pub fn cleanup_domain(
     xs: Option<&rxen_xenstore::client::Client>,
 ) -> Result<CleanupReport> {
     let mut rep = CleanupReport {
-        nft_rules: nft::delete_rules(&nft::domain_comment_prefix(domid), true)?,
+        nft_rules: nft::delete_rules(&nft::domain_comment_prefix(domid), true)?
+            + nft::delete_domain_rate_limits(domid)?,
         ..CleanupReport::default()
     };
     let nl = Netlink::new()?;
