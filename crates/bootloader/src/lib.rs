@@ -247,6 +247,9 @@ pub struct BootSelection {
     pub title: Option<String>,
     /// Everything that was read from the guest.
     pub report: Report,
+    /// How the parser was confined (`None` when it ran in-process), e.g.
+    /// `landlock=full,uid=65534,no_new_privs,rlimits`.
+    pub confinement: Option<String>,
 }
 
 impl BootSelection {
@@ -592,6 +595,7 @@ pub fn list(image: &Path, opts: &Options) -> Result<Report, Error> {
 /// private files in `opts.output_dir`. On failure nothing is left behind.
 pub fn extract(image: &Path, opts: &Options) -> Result<BootSelection, Error> {
     let helper = sandbox::resolve(&opts.sandbox)?;
+    let mut confinement = None;
     if opts.not_really {
         let report = match &helper {
             None => run_engine(
@@ -600,7 +604,11 @@ pub fn extract(image: &Path, opts: &Options) -> Result<BootSelection, Error> {
                 &opts.limits,
                 None,
             )?,
-            Some(h) => sandbox::run_child(h, image, opts, false, None)?.0,
+            Some(h) => {
+                let (r, c) = sandbox::run_child(h, image, opts, false, None)?;
+                confinement = Some(c);
+                r
+            }
         };
         return Ok(BootSelection {
             kernel: None,
@@ -608,6 +616,7 @@ pub fn extract(image: &Path, opts: &Options) -> Result<BootSelection, Error> {
             args: report.args.clone(),
             title: report.title.clone(),
             report,
+            confinement,
         });
     }
     ensure_output_dir(&opts.output_dir)?;
@@ -634,7 +643,10 @@ pub fn extract(image: &Path, opts: &Options) -> Result<BootSelection, Error> {
             kf.flush().map_err(|e| Error::Output(e.to_string()))?;
             Ok(r)
         }),
-        Some(h) => sandbox::run_child(h, image, opts, false, Some((&kf, &rf))).map(|x| x.0),
+        Some(h) => sandbox::run_child(h, image, opts, false, Some((&kf, &rf))).map(|(r, c)| {
+            confinement = Some(c);
+            r
+        }),
     };
     let report = match result {
         Ok(r) => r,
@@ -662,5 +674,6 @@ pub fn extract(image: &Path, opts: &Options) -> Result<BootSelection, Error> {
         args: report.args.clone(),
         title: report.title.clone(),
         report,
+        confinement,
     })
 }

@@ -1,9 +1,11 @@
 //! Finding the filesystems on a guest disk: MBR (with logical partitions), GPT, or none.
 //!
-//! The order is pygrub's: with an MBR the active partition comes first, then the other primary
-//! partitions in table order (then, unlike pygrub, the logical ones); a protective MBR (type
-//! `0xee`) means GPT, whose used entries come in table order; a disk without the `55 aa` boot
-//! signature, or whose MBR has no usable entry, is one unpartitioned filesystem at offset 0.
+//! The order is that of Xen 4.17's pygrub as shipped: with an MBR the primary partitions in
+//! table order (pygrub's code means to put the active partition first, but under Python 3 its
+//! test never matches, so the boot flag is ignored; we do the same so the same kernel boots),
+//! then, unlike pygrub, the logical ones; a protective MBR (type `0xee`) means GPT, whose used
+//! entries come in table order; a disk without the `55 aa` boot signature, or whose MBR has no
+//! usable entry, is one unpartitioned filesystem at offset 0.
 //!
 //! The tables are read with `mbrman` and `gptman` through a [`DiskCursor`] with a read budget,
 //! after sanity checks of the GPT header done here (the entry count and size drive allocations
@@ -103,11 +105,7 @@ fn mbr_volumes(disk: &Arc<dyn Disk>) -> Option<Vec<Volume>> {
                 ) else {
                     continue;
                 };
-                if p.is_active() {
-                    out.insert(0, v);
-                } else {
-                    out.push(v);
-                }
+                out.push(v);
             }
             for (i, l) in mbr.logical_partitions.iter().enumerate() {
                 let p = &l.partition;
@@ -139,11 +137,7 @@ fn mbr_volumes(disk: &Arc<dyn Disk>) -> Option<Vec<Volume>> {
                     u64::from(len) * 512,
                     format!("mbr partition {}", i + 1),
                 ) {
-                    if e[0] == 0x80 {
-                        out.insert(0, v);
-                    } else {
-                        out.push(v);
-                    }
+                    out.push(v);
                 }
             }
         }
@@ -231,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn mbr_active_first() {
+    fn mbr_table_order_ignores_boot_flag() {
         let mut img = vec![0u8; 1 << 20];
         img[510] = 0x55;
         img[511] = 0xaa;
@@ -250,7 +244,7 @@ mod tests {
         assert_eq!(s, Scheme::Mbr);
         assert_eq!(
             v.iter().map(|v| v.offset).collect::<Vec<_>>(),
-            vec![100 * 512, 1024 * 512]
+            vec![1024 * 512, 100 * 512]
         );
     }
 
