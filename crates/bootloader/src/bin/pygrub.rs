@@ -144,6 +144,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let sel = rxen_bootloader::extract(&cli.image, &opts)?;
+    if cli.debug {
+        eprintln!(
+            "volume: {}; entry: {:?}; confinement: {}",
+            sel.report.volume,
+            sel.report.selected,
+            sel.confinement.as_deref().unwrap_or("none (in-process)")
+        );
+    }
     if let Some(c) = &sel.report.config {
         eprintln!(
             "Using {:?} to parse {c}",
