@@ -26,10 +26,19 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench` passes --bench; under `cargo test --all-targets` run one smoke round.
+    let default_rounds = if std::env::args().any(|a| a == "--bench") {
+        30
+    } else {
+        1
+    };
     let rounds: usize = std::env::var("RXEN_NET_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(default_rounds);
+    if !common::require_root() || !common::require("nft", "nftables") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("socket");
     let mut server = Server::bind(&Config {

@@ -33,6 +33,7 @@ pub mod sysctl;
 pub mod vif;
 
 pub use host::{host_network_setup, host_network_teardown, HostNetwork, HostSetup};
+pub use hotplug::Xenstore;
 pub use nl::{Link, Netlink};
 pub use rate::Rate;
 pub use vif::{
@@ -246,5 +247,25 @@ mod tests {
         assert!(parse_ips("10.0.0.1/33").is_err());
         assert!(parse_ips("fe80::1").is_err());
         assert!(parse_ips("").unwrap().is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in ".{0,40}") {
+            let _ = parse_mac(&s);
+            let _ = parse_ips(&s);
+            let _ = nl::check_ifname(&s);
+        }
+
+        #[test]
+        fn mac_round_trips(m in proptest::array::uniform6(0u8..)) {
+            proptest::prop_assert_eq!(parse_mac(&format_mac(&m)).unwrap(), m);
+        }
+
+        #[test]
+        fn ips_round_trip(a in 0u32.., p in proptest::option::of(0u8..=32)) {
+            let ip = IpSpec { addr: Ipv4Addr::from(a), prefix: p };
+            proptest::prop_assert_eq!(parse_ips(&ip.to_string()).unwrap(), vec![ip]);
+        }
     }
 }
