@@ -20,6 +20,7 @@
 
 pub mod disk;
 pub mod guestfs;
+pub mod imagebuilder;
 pub mod menu;
 pub mod output;
 pub mod partition;
