@@ -52,6 +52,9 @@ fn benchmark_boot_to_userspace_and_rss() {
     if let Some(ch) = std::env::var_os("RXEN_CH") {
         vmms.push(("cloud-hypervisor", Vmm::CloudHypervisor(ch.into())));
     }
+    if let Ok(only) = std::env::var("RXEN_BENCH_ONLY") {
+        vmms.retain(|(n, _)| n.contains(only.as_str()));
+    }
     let spec = BootSpec::initramfs(&assets);
     let mut results = vec![];
     for (name, vmm) in &vmms {
