@@ -171,16 +171,30 @@ pub struct Tap {
 const TUNSETIFF: libc::c_ulong = 0x400454ca;
 
 impl Tap {
-    /// Creates a tap in the calling thread's namespace.
+    /// Creates a tap in the calling thread's namespace. A tap of the same name that was
+    /// just dropped may linger while a process forked by a parallel test still holds a
+    /// copy of its descriptor (until that child execs), so busy names are retried briefly.
     pub fn create(name: &str) -> Tap {
+        let mut tries = 0;
+        loop {
+            match Tap::try_create(name) {
+                Ok(t) => return t,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 500 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("TUNSETIFF {name}: {e}"),
+            }
+        }
+    }
+
+    fn try_create(name: &str) -> std::io::Result<Tap> {
         let path = CString::new("/dev/net/tun").unwrap();
         // SAFETY: path is NUL-terminated; open has no other preconditions.
         let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        assert!(
-            raw >= 0,
-            "open /dev/net/tun: {}",
-            std::io::Error::last_os_error()
-        );
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         // SAFETY: raw is a freshly opened descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: ifreq is plain data; all-zero is a valid value.
@@ -192,16 +206,13 @@ impl Tap {
         ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         // SAFETY: fd is a tun descriptor and ifr a valid ifreq that outlives the call.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut ifr) };
-        assert_eq!(
-            rc,
-            0,
-            "TUNSETIFF {name}: {}",
-            std::io::Error::last_os_error()
-        );
-        Tap {
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Tap {
             fd,
             name: name.to_string(),
-        }
+        })
     }
 }
 
