@@ -25,9 +25,7 @@ pub use paths::Paths;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// xenstored is not reachable.
-    #[error(
-        "xenstored is not running at {path} (start the host services with `rxen host start`)"
-    )]
+    #[error("xenstored is not running at {path} (start the host services with `rxen host start`)")]
     NoXenstored {
         /// Socket tried.
         path: std::path::PathBuf,

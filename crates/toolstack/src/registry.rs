@@ -212,21 +212,18 @@ pub fn read_domain(xs: &impl XsOps, domid: u32) -> Result<Option<DomainRecord>> 
     Ok(Some(DomainRecord {
         domid,
         name,
-        uuid,
+        uuid: uuid.clone(),
         target_kib,
         max_kib,
         vcpus_online,
         state,
         vmm_pid: pid("vmm-pid")?,
         supervisor_pid: pid("supervisor-pid")?,
-        start_time: read_opt(
-            xs,
-            &format!(
-                "/vm/{vm_uuid}/start_time",
-                vm_uuid = vm.trim_start_matches("/vm/")
-            ),
-        )?
-        .and_then(|s| s.parse().ok()),
+        start_time: if uuid.is_empty() {
+            None
+        } else {
+            read_opt(xs, &format!("/vm/{uuid}/start_time"))?.and_then(|s| s.parse().ok())
+        },
     }))
 }
 

@@ -1,0 +1,291 @@
+//! End-to-end: the seeds' xl workflows on real Linux guests, on an isolated rxen host
+//! (`$RXEN_ROOT`): `rxen host start`, `xl create -c`, detach with `^]`, `xl console` back,
+//! `xl list`/`vm-list` output, pause/unpause, `on_reboot=restart` keeping domid/name/uuid,
+//! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, duplicate names refused, and a VMM killed
+//! with SIGKILL handled per `on_crash`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rxen_testkit::{require_linux_kvm, Assets, Guest};
+
+/// An isolated rxen host; stopped (destroying its domains) and removed on drop.
+struct Host {
+    root: PathBuf,
+    bin: PathBuf,
+}
+
+impl Host {
+    fn start() -> Host {
+        let root = std::env::temp_dir().join(format!("rxen-e2e-xl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_xl"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let h = Host { root, bin };
+        let o = h.cmd("rxen", &["host", "start", "--no-autostart"]);
+        assert!(o.status.success(), "rxen host start: {}", text(&o));
+        h
+    }
+
+    /// `prog args`, killed after 300 s so that a hang fails the test instead of stalling it.
+    fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.args(["--kill-after=5", "300"])
+            .arg(self.bin.join(prog))
+            .args(args)
+            .env("RXEN_ROOT", &self.root)
+            .env_remove("XENSTORED_PATH");
+        c
+    }
+
+    fn cmd(&self, prog: &str, args: &[&str]) -> Output {
+        self.command(prog, args).output().unwrap()
+    }
+
+    fn xl(&self, args: &[&str]) -> Output {
+        self.cmd("xl", args)
+    }
+
+    fn xl_ok(&self, args: &[&str]) -> String {
+        let o = self.xl(args);
+        assert!(o.status.success(), "xl {args:?} failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn list_row(&self, name: &str) -> Option<String> {
+        self.xl_ok(&["list"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(str::to_string)
+    }
+
+    fn console_log(&self, name: &str) -> PathBuf {
+        self.root
+            .join(format!("var/log/xen/console/guest-{name}.log"))
+    }
+
+    fn write_cfg(&self, name: &str, extra_keys: &str, a: &Assets) -> PathBuf {
+        let p = self.root.join(format!("{name}.cfg"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+                 extra = \"console=hvc0 quiet rxen.console=hvc0\"\n\
+                 memory = 256\nvcpus = 2\n{extra_keys}\n",
+                a.bzimage.display(),
+                a.initramfs.display()
+            ),
+        )
+        .unwrap();
+        p
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.cmd("rxen", &["host", "stop", "--timeout", "5"]);
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn step(what: &str) {
+    eprintln!("e2e_xl: {what}");
+}
+
+fn state_of(row: &str) -> String {
+    row.split_whitespace().nth(4).unwrap_or("").to_string()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count_in(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+#[test]
+#[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e)"]
+fn e2e_xl_lifecycle_workflows() {
+    require_linux_kvm().unwrap();
+    let assets = Assets::get().unwrap();
+    let host = Host::start();
+
+    step("host started");
+    // Domain-0 is listed; the header has Xen's TABs.
+    let list = host.xl_ok(&["list"]);
+    assert!(list.starts_with(
+        "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+    ));
+    assert!(list.lines().nth(1).unwrap().starts_with("Domain-0 "));
+
+    step("xl create -c");
+    // xl create -c: the console is the guest's hvc0; the delegate answers on it.
+    let cfg = host.write_cfg(
+        "demo",
+        "on_reboot = \"restart\"\non_crash = \"preserve\"",
+        &assets,
+    );
+    let cfg_s = cfg.to_str().unwrap();
+    let mut con =
+        Guest::spawn(host.command("xl", &["create", "-c", cfg_s]), "xl create -c").unwrap();
+    con.wait_ready(Duration::from_secs(300)).unwrap();
+    assert_eq!(
+        con.check("grep -c ^processor /proc/cpuinfo")
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    let mem_kib: u64 = con
+        .check("sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (200_000..=262_144).contains(&mem_kib),
+        "guest MemTotal {mem_kib} kB"
+    );
+
+    let row = host.list_row("demo").expect("demo listed");
+    let f: Vec<&str> = row.split_whitespace().collect();
+    let domid = f[1].to_string();
+    assert_eq!((f[2], f[3]), ("256", "2"), "row: {row}");
+    assert!(
+        matches!(state_of(&row).as_str(), "r-----" | "-b----"),
+        "row: {row}"
+    );
+    let vm_before = host.xl_ok(&["vm-list"]);
+    assert!(vm_before.contains(" demo"));
+
+    step("duplicate name");
+    // Two domains with the same name are refused, and nothing changes.
+    let dup = host.xl(&["create", cfg_s]);
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{}",
+        text(&dup)
+    );
+    assert_eq!(host.xl_ok(&["list"]).lines().count(), 3);
+
+    step("pause/unpause");
+    // Pause / unpause are reflected in the state and in CPU time.
+    host.xl_ok(&["pause", "demo"]);
+    let paused = host.list_row("demo").unwrap();
+    assert_eq!(state_of(&paused), "--p---", "row: {paused}");
+    let t1 = paused.split_whitespace().nth(5).unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let t2 = host
+        .list_row("demo")
+        .unwrap()
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .to_string();
+    assert_eq!(t1, t2, "CPU time moved while paused");
+    host.xl_ok(&["unpause", "demo"]);
+    assert_ne!(state_of(&host.list_row("demo").unwrap()), "--p---");
+    assert_eq!(
+        con.check("echo alive-after-unpause").unwrap(),
+        "alive-after-unpause\n"
+    );
+
+    step("detach and reattach");
+    // Detach with ^] — the domain keeps running — and come back with xl console.
+    con.write_raw(&[0x1d]).unwrap();
+    assert!(con.wait_exit(Duration::from_secs(20)).unwrap().success());
+    drop(con);
+    assert!(host.list_row("demo").is_some());
+    let mut con = Guest::spawn(host.command("xl", &["console", "demo"]), "xl console").unwrap();
+    assert_eq!(con.check("echo back-again").unwrap(), "back-again\n");
+
+    step("reboot");
+    // on_reboot=restart: same domid, name and uuid; the console closes and `xl console` ends.
+    con.send("reboot -f").unwrap();
+    assert!(con.wait_exit(Duration::from_secs(60)).unwrap().success());
+    drop(con);
+    let log = host.console_log("demo");
+    wait_until("second boot", Duration::from_secs(300), || {
+        count_in(&log, "RXEN-USERSPACE") >= 2
+    });
+    let row = host
+        .list_row("demo")
+        .expect("demo still listed after reboot");
+    assert_eq!(row.split_whitespace().nth(1).unwrap(), domid);
+    assert_eq!(host.xl_ok(&["vm-list"]), vm_before);
+    let mut con = Guest::spawn(host.command("xl", &["console", "demo"]), "xl console").unwrap();
+    assert_eq!(con.check("echo rebooted").unwrap(), "rebooted\n");
+
+    step("crash");
+    // on_crash=preserve: a kernel panic leaves the domain listed as shut down by a crash.
+    con.send("echo c > /proc/sysrq-trigger").unwrap();
+    let _ = con.wait_exit(Duration::from_secs(120));
+    drop(con);
+    wait_until("crashed state", Duration::from_secs(120), || {
+        host.list_row("demo").map(|r| state_of(&r)) == Some("---sc-".into())
+    });
+    host.xl_ok(&["destroy", "demo"]);
+    assert!(host.list_row("demo").is_none());
+
+    step("shutdown -w");
+    // xl shutdown -w: the ACPI power button, the guest powers off, the domain is gone.
+    let cfg2 = host.write_cfg("demo2", "", &assets);
+    host.xl_ok(&["create", cfg2.to_str().unwrap()]);
+    let log2 = host.console_log("demo2");
+    wait_until("demo2 boot", Duration::from_secs(300), || {
+        count_in(&log2, "RXEN-READY") >= 1
+    });
+    host.xl_ok(&["shutdown", "-w", "demo2"]);
+    assert!(host.list_row("demo2").is_none());
+
+    step("kill -9 of the VMM");
+    // A VMM killed with SIGKILL is a crash; default on_crash=destroy frees the domain.
+    let cfg3 = host.write_cfg("demo3", "", &assets);
+    host.xl_ok(&["create", cfg3.to_str().unwrap()]);
+    let pid = std::fs::read_to_string(host.root.join(format!(
+        "var/run/xen/rxen/dom{}/vm.json",
+        host.list_row("demo3").unwrap().split_whitespace().nth(1).unwrap()
+    )))
+    .map(|_| ())
+    .ok();
+    assert!(pid.is_some(), "runtime dir of demo3 exists");
+    let vmm = Command::new("pgrep")
+        .args(["-f", &format!("rxen-vmm --config {}", host.root.display())])
+        .output()
+        .unwrap();
+    let vmm_pid = String::from_utf8_lossy(&vmm.stdout).trim().to_string();
+    assert!(
+        !vmm_pid.is_empty() && !vmm_pid.contains('\n'),
+        "one VMM: {vmm_pid:?}"
+    );
+    assert!(Command::new("kill")
+        .args(["-9", &vmm_pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("demo3 released", Duration::from_secs(30), || {
+        host.list_row("demo3").is_none()
+    });
+    assert_eq!(host.xl_ok(&["list"]).lines().count(), 2);
+}
