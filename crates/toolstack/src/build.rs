@@ -28,8 +28,9 @@ pub struct DomainJob {
     pub on_crash: String,
     /// Start paused (`xl create -p`).
     pub start_paused: bool,
-    /// Bridges to attach each NIC's tap to (index = NIC), if any.
-    pub bridges: Vec<Option<String>>,
+    /// Each NIC's vif settings as xl spells them (`bridge`, `mac`, `ip`, `script`, `mtu`,
+    /// `rate`, `vifname`, `gatewaydev`), for the host side (`rxen-net`), with its devid.
+    pub vifs: Vec<(u32, Vec<(String, String)>)>,
 }
 
 /// Xen's action keyword for an `ActionOnShutdown` (as xl.cfg spells it).
@@ -177,18 +178,43 @@ pub fn build_job(
             readonly: d.readwrite == 0,
         });
     }
-    let mut bridges = Vec::new();
+    let mut vifs = Vec::new();
     for (i, n) in cfg.nics.iter().enumerate() {
         let devid = n.devid.unwrap_or(i as i64);
         let tap = n
             .ifname
             .clone()
             .unwrap_or_else(|| format!("vif{domid}.{devid}"));
+        let mac = n.mac.clone().unwrap_or_else(random_xen_mac);
+        let mut kv: Vec<(String, String)> =
+            vec![("vifname".into(), tap.clone()), ("mac".into(), mac.clone())];
+        let mut put = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                kv.push((k.into(), v.clone()));
+            }
+        };
+        put("bridge", &n.bridge);
+        put("ip", &n.ip);
+        put("script", &n.script);
+        put("gatewaydev", &n.gatewaydev);
+        if n.mtu > 0 {
+            kv.push(("mtu".into(), n.mtu.to_string()));
+        }
+        if n.rate_bytes_per_interval > 0 && n.rate_interval_usecs > 0 {
+            kv.push((
+                "rate".into(),
+                format!(
+                    "{}B/s@{}us",
+                    n.rate_bytes_per_interval * 1_000_000 / u64::from(n.rate_interval_usecs),
+                    n.rate_interval_usecs
+                ),
+            ));
+        }
         vm.nets.push(NetConfig {
             tap,
-            mac: Some(n.mac.clone().unwrap_or_else(random_xen_mac)),
+            mac: Some(mac),
         });
-        bridges.push(n.bridge.clone());
+        vifs.push((devid as u32, kv));
     }
     Ok(DomainJob {
         domid,
@@ -199,6 +225,6 @@ pub fn build_job(
         on_reboot: action_word(cfg.on_reboot).into(),
         on_crash: action_word(cfg.on_crash).into(),
         start_paused,
-        bridges,
+        vifs,
     })
 }

@@ -4,7 +4,6 @@
 //! host) in xenstore and starts the configs in `/etc/xen/auto/`. `stop` shuts every domain down
 //! (waiting up to a timeout, then destroying) and stops xenstored.
 
-use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -216,56 +215,4 @@ pub fn status(paths: &Paths) -> Result<(bool, String)> {
         s.push_str(&format!("domains: {n}\n"));
     }
     Ok((running, s))
-}
-
-/// Attach interface `ifname` to bridge `bridge` and bring it up (SIOCBRADDIF).
-pub fn attach_to_bridge(ifname: &str, bridge: &str) -> std::io::Result<()> {
-    let name = CString::new(ifname).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    // SAFETY: name is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: creating a socket has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let result = (|| {
-        let mut ifr = ifreq_for(bridge)?;
-        ifr.ifr_ifru.ifru_ifindex = index as i32;
-        // SAFETY: fd is a valid socket and ifr a properly initialised ifreq.
-        if unsafe { libc::ioctl(fd, SIOCBRADDIF, &ifr) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut ifr = ifreq_for(ifname)?;
-        // SAFETY: as above; SIOCGIFFLAGS fills ifru_flags.
-        if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: reading the flags union member SIOCGIFFLAGS just wrote.
-        unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16 };
-        // SAFETY: as above.
-        if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    })();
-    // SAFETY: fd is ours and closed once.
-    unsafe { libc::close(fd) };
-    result
-}
-
-const SIOCBRADDIF: libc::c_ulong = 0x89a2;
-
-fn ifreq_for(name: &str) -> std::io::Result<libc::ifreq> {
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    }
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    Ok(ifr)
 }

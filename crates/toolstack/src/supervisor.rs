@@ -103,12 +103,15 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
         };
         let vmm_pid = child.id();
         xs.write(&format!("{p}/vmm-pid"), vmm_pid.to_string())?;
-        if let Err(e) = publish(&xs, &job, &mut child, first) {
-            log(&format!("domain {domid}: VMM did not come up: {e}"));
-            kill(vmm_pid);
-            let _ = child.wait();
-            break Err(e);
-        }
+        let vifs = match publish(paths, &xs, &job, &mut child, first) {
+            Ok(v) => v,
+            Err(e) => {
+                log(&format!("domain {domid}: VMM did not come up: {e}"));
+                kill(vmm_pid);
+                let _ = child.wait();
+                break Err(e);
+            }
+        };
         first = false;
         // Watch control/shutdown and our private command node while the VMM runs.
         let stop = Arc::new(AtomicBool::new(false));
@@ -119,6 +122,18 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
             let _ = w.join();
         }
         let _ = xs.rm(&format!("{p}/vmm-pid"));
+        for h in &vifs {
+            let sock = paths.xenstored_socket.clone();
+            if let Err(e) = rxen_net::vif_offline(
+                h,
+                Some(rxen_net::Xenstore {
+                    client: &xs,
+                    socket: &sock,
+                }),
+            ) {
+                log(&format!("domain {domid}: vif offline: {e}"));
+            }
+        }
         let end = if destroy.load(Ordering::SeqCst) {
             VmmEnd::Destroyed
         } else {
@@ -200,8 +215,15 @@ fn spawn_vmm(paths: &Paths, job: &DomainJob) -> Result<Child> {
         .map_err(io_err(format!("starting {}", bin.display())))
 }
 
-/// Wait for the VMM's control socket, then publish consoles and state in xenstore.
-fn publish(xs: &Client, job: &DomainJob, child: &mut Child, first: bool) -> Result<()> {
+/// Wait for the VMM's control socket, then publish consoles and state in xenstore and bring
+/// the domain's vifs online on the host (bridge / NAT / routed / hotplug script).
+fn publish(
+    paths: &Paths,
+    xs: &Client,
+    job: &DomainJob,
+    child: &mut Child,
+    first: bool,
+) -> Result<Vec<rxen_net::VifHandle>> {
     let domid = job.domid;
     let sock = job.vm.api_socket.clone().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -241,17 +263,33 @@ fn publish(xs: &Client, job: &DomainJob, child: &mut Child, first: bool) -> Resu
         DomState::Running
     };
     registry::set_state(xs, domid, st)?;
-    for (i, br) in job.bridges.iter().enumerate() {
-        if let (Some(br), Some(net)) = (br, job.vm.nets.get(i)) {
-            if let Err(e) = crate::host::attach_to_bridge(&net.tap, br) {
-                log(&format!(
-                    "domain {domid}: cannot attach {} to bridge {br}: {e}",
-                    net.tap
-                ));
-            }
-        }
+    let mut handles = Vec::new();
+    let defaults = rxen_net::NetDefaults::default();
+    for (devid, kv) in &job.vifs {
+        let pairs = kv.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let spec = rxen_net::VifSpec::from_xl(domid, *devid, pairs, &defaults)
+            .map_err(|e| Error::Other(format!("domain {domid}: vif {devid}: {e}")))?;
+        let sock = paths.xenstored_socket.clone();
+        let h = rxen_net::vif_online(
+            &spec,
+            Some(rxen_net::Xenstore {
+                client: xs,
+                socket: &sock,
+            }),
+        )
+        .map_err(|e| {
+            Error::Other(format!(
+                "domain {domid}: vif {devid} ({}): {e}",
+                spec.ifname
+            ))
+        })?;
+        log(&format!(
+            "domain {domid}: vif {devid} ({}) online",
+            spec.ifname
+        ));
+        handles.push(h);
     }
-    Ok(())
+    Ok(handles)
 }
 
 fn kill(pid: u32) {
@@ -362,6 +400,10 @@ fn wait_for_destroy(paths: &Paths, domid: u32, destroy: &AtomicBool) {
 /// Remove every trace of a domain: xenstore nodes, runtime directory.
 pub fn cleanup(paths: &Paths, xs: &Client, domid: u32) {
     let _ = registry::set_state(xs, domid, DomState::Dying);
+    match rxen_net::cleanup_domain(domid, Some(xs)) {
+        Ok(_) => {}
+        Err(e) => log(&format!("domain {domid}: network cleanup: {e}")),
+    }
     if let Err(e) = registry::unregister(xs, domid) {
         log(&format!(
             "domain {domid}: removing xenstore nodes failed: {e}"
