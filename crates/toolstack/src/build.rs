@@ -28,9 +28,61 @@ pub struct DomainJob {
     pub on_crash: String,
     /// Start paused (`xl create -p`).
     pub start_paused: bool,
+    /// `bootloader = "pygrub"`: extract kernel/initrd/args from this disk at every (re)start.
+    #[serde(default)]
+    pub bootloader: Option<BootloaderJob>,
+    /// The config's own command line (`root`+`extra`/`cmdline`), appended to a bootloader's.
+    #[serde(default)]
+    pub extra_cmdline: String,
     /// Each NIC's vif settings as xl spells them (`bridge`, `mac`, `ip`, `script`, `mtu`,
     /// `rate`, `vifname`, `gatewaydev`), for the host side (`rxen-net`), with its devid.
     pub vifs: Vec<(u32, Vec<(String, String)>)>,
+}
+
+/// What pygrub runs on.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BootloaderJob {
+    /// The guest's first disk image (host path).
+    pub image: PathBuf,
+    /// `--entry=` from `bootloader_args`.
+    pub entry: Option<String>,
+    /// `--kernel=` from `bootloader_args` (a path inside the guest).
+    pub kernel: Option<String>,
+    /// `--ramdisk=` from `bootloader_args`.
+    pub ramdisk: Option<String>,
+    /// `--args=` from `bootloader_args`.
+    pub args: Option<String>,
+    /// The vdevs of the domain's disks, in attach order (for `root=` translation).
+    #[serde(default)]
+    pub vdevs: Vec<String>,
+}
+
+/// Rewrite `root=` in a Linux command line from the Xen device name the config uses (e.g.
+/// `/dev/xvda2`, `/dev/sda1`, `/dev/hda`) to the virtio disk the guest sees: disks are attached
+/// in config order as `vda`, `vdb`, …; a root naming a disk's vdev maps to that disk, and a
+/// vdev plus a partition number maps to that partition of it.
+pub fn translate_root(cmdline: &str, vdevs: &[String]) -> String {
+    cmdline
+        .split(' ')
+        .map(|tok| {
+            let Some(dev) = tok.strip_prefix("root=/dev/") else {
+                return tok.to_string();
+            };
+            for (i, v) in vdevs.iter().enumerate() {
+                let letter = (b'a' + (i as u8).min(25)) as char;
+                if dev == v {
+                    return format!("root=/dev/vd{letter}");
+                }
+                if let Some(part) = dev.strip_prefix(v.as_str()) {
+                    if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                        return format!("root=/dev/vd{letter}{part}");
+                    }
+                }
+            }
+            tok.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Xen's action keyword for an `ActionOnShutdown` (as xl.cfg spells it).
@@ -82,19 +134,65 @@ pub fn build_job(
         .bootloader
         .clone()
         .or_else(|| b.pv.as_ref().and_then(|p| p.bootloader.clone()));
-    if bootloader.is_some() && b.kernel.is_none() {
-        return Err(unsupported(
-            "bootloader= (pygrub) is not supported by rxen yet; give kernel= and ramdisk=".into(),
-        ));
-    }
     let pv = b.pv.as_ref();
-    let kernel = b
+    let direct_kernel = b
         .kernel
         .clone()
-        .or_else(|| pv.and_then(|p| p.kernel.clone()))
-        .ok_or_else(|| {
-            unsupported("no kernel= given (rxen boots domains from a kernel image)".into())
-        })?;
+        .or_else(|| pv.and_then(|p| p.kernel.clone()));
+    let mut boot_job = None;
+    if let (Some(bl), None) = (&bootloader, &direct_kernel) {
+        if !bl.contains("pygrub") {
+            return Err(unsupported(format!(
+                "bootloader \"{bl}\" is not supported (rxen has a built-in pygrub)"
+            )));
+        }
+        let disk = cfg
+            .disks
+            .iter()
+            .find(|d| d.is_cdrom == 0 && d.pdev_path.as_deref().is_some_and(|p| !p.is_empty()))
+            .ok_or_else(|| unsupported("bootloader=pygrub needs a disk to boot from".into()))?;
+        let mut job = BootloaderJob {
+            image: PathBuf::from(disk.pdev_path.clone().unwrap_or_default()),
+            entry: None,
+            kernel: None,
+            ramdisk: None,
+            args: None,
+            vdevs: cfg
+                .disks
+                .iter()
+                .filter(|d| d.is_cdrom == 0)
+                .map(|d| d.vdev.clone().unwrap_or_default())
+                .collect(),
+        };
+        let args = b
+            .bootloader_args
+            .clone()
+            .or_else(|| pv.and_then(|p| p.bootloader_args.clone()))
+            .unwrap_or_default();
+        for a in args.into_iter().flatten() {
+            let a = a.trim_start_matches('-');
+            if let Some((k, v)) = a.split_once('=') {
+                let v = Some(v.to_string());
+                match k {
+                    "entry" => job.entry = v,
+                    "kernel" => job.kernel = v,
+                    "ramdisk" => job.ramdisk = v,
+                    "args" => job.args = v,
+                    _ => {}
+                }
+            }
+        }
+        boot_job = Some(job);
+    }
+    let kernel =
+        match (&direct_kernel, &boot_job) {
+            (Some(k), _) => k.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => return Err(unsupported(
+                "no kernel= given (rxen boots domains from a kernel image or bootloader=pygrub)"
+                    .into(),
+            )),
+        };
     let ramdisk = b
         .ramdisk
         .clone()
@@ -103,7 +201,12 @@ pub fn build_job(
         .cmdline
         .clone()
         .or_else(|| pv.and_then(|p| p.cmdline.clone()));
-    for (what, p) in [("kernel", Some(&kernel)), ("ramdisk", ramdisk.as_ref())] {
+    let checked = if boot_job.is_some() {
+        None
+    } else {
+        Some(&kernel)
+    };
+    for (what, p) in [("kernel", checked), ("ramdisk", ramdisk.as_ref())] {
         if let Some(p) = p {
             if !Path::new(p).is_file() {
                 return Err(unsupported(format!("{what} {p}: no such file")));
@@ -127,7 +230,14 @@ pub fn build_job(
     let mut vm = VmConfig::new(PathBuf::from(&kernel));
     vm.name = Some(name.clone());
     vm.initrd = ramdisk.map(PathBuf::from);
-    vm.cmdline = Some(cmdline.unwrap_or_default());
+    let vdevs: Vec<String> = cfg
+        .disks
+        .iter()
+        .filter(|d| d.is_cdrom == 0)
+        .map(|d| d.vdev.clone().unwrap_or_default())
+        .collect();
+    let extra_cmdline = translate_root(&cmdline.unwrap_or_default(), &vdevs);
+    vm.cmdline = Some(extra_cmdline.clone());
     vm.memory_mib = target_kib.div_ceil(1024);
     vm.maxmem_mib = (max_kib > target_kib).then(|| max_kib.div_ceil(1024));
     vm.vcpus = vcpus;
@@ -225,6 +335,27 @@ pub fn build_job(
         on_reboot: action_word(cfg.on_reboot).into(),
         on_crash: action_word(cfg.on_crash).into(),
         start_paused,
+        bootloader: boot_job,
+        extra_cmdline,
         vifs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::translate_root;
+
+    #[test]
+    fn root_follows_the_disk_order() {
+        let v = vec!["xvda2".to_string(), "xvda1".to_string()];
+        assert_eq!(translate_root("root=/dev/xvda2 ro", &v), "root=/dev/vda ro");
+        assert_eq!(translate_root("ro root=/dev/xvda1", &v), "ro root=/dev/vdb");
+        let w = vec!["xvda".to_string()];
+        assert_eq!(
+            translate_root("root=/dev/xvda1 quiet", &w),
+            "root=/dev/vda1 quiet"
+        );
+        assert_eq!(translate_root("root=/dev/sdb1", &w), "root=/dev/sdb1");
+        assert_eq!(translate_root("root=UUID=x", &w), "root=UUID=x");
+    }
 }

@@ -183,13 +183,51 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
     outcome
 }
 
+/// Run pygrub on the domain's disk (sandboxed) and point the VMM at what it extracted.
+fn run_bootloader(dir: &Path, job: &DomainJob, vm: &mut rxen_vmm::VmConfig) -> Result<()> {
+    let Some(bl) = &job.bootloader else {
+        return Ok(());
+    };
+    for f in ["boot_kernel", "boot_ramdisk"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let opts = rxen_bootloader::Options {
+        entry: bl.entry.clone(),
+        kernel: bl.kernel.clone(),
+        ramdisk: bl.ramdisk.clone(),
+        args: bl.args.clone(),
+        output_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let sel = rxen_bootloader::extract(&bl.image, &opts)
+        .map_err(|e| Error::Other(format!("pygrub on {}: {e}", bl.image.display())))?;
+    log(&format!(
+        "pygrub: entry {:?}, kernel {:?}, args {:?} ({})",
+        sel.title,
+        sel.kernel,
+        sel.args,
+        sel.confinement.as_deref().unwrap_or("in-process")
+    ));
+    vm.kernel = sel.kernel.clone().unwrap_or_default();
+    vm.initrd = sel.ramdisk.clone();
+    let args = format!(
+        "{} {}",
+        crate::build::translate_root(&sel.args, &bl.vdevs),
+        job.extra_cmdline
+    );
+    vm.cmdline = Some(args.trim().to_string());
+    Ok(())
+}
+
 fn spawn_vmm(paths: &Paths, job: &DomainJob) -> Result<Child> {
     let dir = paths.domain_run_dir(job.domid);
     let cfg = dir.join("vm.json");
+    let mut vm = job.vm.clone();
+    run_bootloader(&dir, job, &mut vm)?;
     let _ = std::fs::remove_file(dir.join("vmm.sock"));
     std::fs::write(
         &cfg,
-        serde_json::to_vec_pretty(&job.vm).map_err(|e| Error::Other(e.to_string()))?,
+        serde_json::to_vec_pretty(&vm).map_err(|e| Error::Other(e.to_string()))?,
     )
     .map_err(io_err(format!("writing {}", cfg.display())))?;
     let logp = paths.vmm_log(&job.name);
