@@ -4,125 +4,13 @@
 //! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, duplicate names refused, and a VMM killed
 //! with SIGKILL handled per `on_crash`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Command;
+use std::time::Duration;
+
+use common::{count_in, state_of, step, text, wait_until, Host};
 use rxen_testkit::{require_linux_kvm, Assets, Guest};
-
-/// An isolated rxen host; stopped (destroying its domains) and removed on drop.
-struct Host {
-    root: PathBuf,
-    bin: PathBuf,
-}
-
-impl Host {
-    fn start() -> Host {
-        let root = std::env::temp_dir().join(format!("rxen-e2e-xl-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_xl"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let h = Host { root, bin };
-        let o = h.cmd("rxen", &["host", "start", "--no-autostart"]);
-        assert!(o.status.success(), "rxen host start: {}", text(&o));
-        h
-    }
-
-    /// `prog args`, killed after 300 s so that a hang fails the test instead of stalling it.
-    fn command(&self, prog: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("timeout");
-        c.args(["--kill-after=5", "300"])
-            .arg(self.bin.join(prog))
-            .args(args)
-            .env("RXEN_ROOT", &self.root)
-            .env_remove("XENSTORED_PATH");
-        c
-    }
-
-    fn cmd(&self, prog: &str, args: &[&str]) -> Output {
-        self.command(prog, args).output().unwrap()
-    }
-
-    fn xl(&self, args: &[&str]) -> Output {
-        self.cmd("xl", args)
-    }
-
-    fn xl_ok(&self, args: &[&str]) -> String {
-        let o = self.xl(args);
-        assert!(o.status.success(), "xl {args:?} failed: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn list_row(&self, name: &str) -> Option<String> {
-        self.xl_ok(&["list"])
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .map(str::to_string)
-    }
-
-    fn console_log(&self, name: &str) -> PathBuf {
-        self.root
-            .join(format!("var/log/xen/console/guest-{name}.log"))
-    }
-
-    fn write_cfg(&self, name: &str, extra_keys: &str, a: &Assets) -> PathBuf {
-        let p = self.root.join(format!("{name}.cfg"));
-        std::fs::write(
-            &p,
-            format!(
-                "name = \"{name}\"\nkernel = \"{}\"\nramdisk = \"{}\"\n\
-                 extra = \"console=hvc0 quiet rxen.console=hvc0\"\n\
-                 memory = 256\nvcpus = 2\n{extra_keys}\n",
-                a.bzimage.display(),
-                a.initramfs.display()
-            ),
-        )
-        .unwrap();
-        p
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.cmd("rxen", &["host", "stop", "--timeout", "5"]);
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn step(what: &str) {
-    eprintln!("e2e_xl: {what}");
-}
-
-fn state_of(row: &str) -> String {
-    row.split_whitespace().nth(4).unwrap_or("").to_string()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn count_in(path: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
-}
 
 #[test]
 #[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e)"]
