@@ -9,7 +9,7 @@ use rxen_toolstack::{format, ops, registry, Paths};
 use rxen_xenstore::Client;
 
 use crate::cmdtable::{help, require_args};
-use crate::util::getopt;
+use crate::util::{getopt, OptArg};
 use crate::Globals;
 
 fn connect(paths: &Paths) -> Result<Client, i32> {
@@ -83,7 +83,7 @@ fn attach_console(xs: &Client, domid: u32, ty: ConsoleType, escape: u8) -> i32 {
     }
 }
 
-fn simple_opts(name: &str, argv: &[String], min: usize) -> Result<(Vec<(String, Option<String>)>, Vec<String>), i32> {
+fn simple_opts(name: &str, argv: &[String], min: usize) -> Result<(Vec<OptArg>, Vec<String>), i32> {
     let (opts, ops) = getopt(argv, &[], &[]).map_err(|e| {
         eprintln!("xl: {e}");
         help(Some(name));
@@ -228,7 +228,12 @@ pub fn main_uptime(_g: &Globals, argv: &[String]) -> i32 {
         };
         let text = format::uptime_text(up.max(0.0) as u64);
         if short {
-            println!("{:<33} {:>4} {}", r.rec.name, r.rec.domid, text.trim_start());
+            println!(
+                "{:<33} {:>4} {}",
+                r.rec.name,
+                r.rec.domid,
+                text.trim_start()
+            );
         } else {
             println!("{:<33} {:>4} {}", r.rec.name, r.rec.domid, text);
         }
@@ -291,7 +296,11 @@ pub fn main_shutdown(_g: &Globals, argv: &[String]) -> i32 {
     };
     let targets: Vec<String> = if all {
         match registry::list_domids(&xs) {
-            Ok(ids) => ids.into_iter().filter(|&d| d != 0).map(|d| d.to_string()).collect(),
+            Ok(ids) => ids
+                .into_iter()
+                .filter(|&d| d != 0)
+                .map(|d| d.to_string())
+                .collect(),
             Err(e) => return fail(e),
         }
     } else {
@@ -459,7 +468,10 @@ pub fn main_domid(_g: &Globals, argv: &[String]) -> i32 {
                 0
             }
             None => {
-                eprintln!("Can't get domid of domain name '{}', maybe this domain does not exist.", doms[0]);
+                eprintln!(
+                    "Can't get domid of domain name '{}', maybe this domain does not exist.",
+                    doms[0]
+                );
                 1
             }
         },
@@ -488,7 +500,9 @@ pub fn main_domname(_g: &Globals, argv: &[String]) -> i32 {
             0
         }
         Ok(None) => {
-            eprintln!("Can't get domain name of domain id '{id}', maybe this domain does not exist.");
+            eprintln!(
+                "Can't get domain name of domain id '{id}', maybe this domain does not exist."
+            );
             1
         }
         Err(e) => fail(e),
