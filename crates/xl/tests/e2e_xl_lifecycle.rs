@@ -176,4 +176,38 @@ fn e2e_xl_lifecycle_workflows() {
         host.list_row("demo3").is_none()
     });
     assert_eq!(host.xl_ok(&["list"]).lines().count(), 2);
+
+    // Host services like xendomains: /etc/xen/auto/* start with the host, and stopping the host
+    // shuts the running domains down in order.
+    step("autostart and orderly host stop");
+    let stop = host.cmd("rxen", &["host", "stop", "--timeout", "60"]);
+    assert!(stop.status.success(), "rxen host stop: {}", text(&stop));
+    let down = host.xl(&["list"]);
+    assert!(!down.status.success(), "xl must refuse without services");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("rxen host start"),
+        "{}",
+        text(&down)
+    );
+    let auto = host.root.join("etc/xen/auto");
+    std::fs::create_dir_all(&auto).unwrap();
+    std::fs::copy(host.write_cfg("auto1", "", &assets), auto.join("auto1.cfg")).unwrap();
+    let start = host.cmd("rxen", &["host", "start"]);
+    assert!(start.status.success(), "rxen host start: {}", text(&start));
+    assert!(
+        host.list_row("auto1").is_some(),
+        "auto1 was not autostarted"
+    );
+    let log4 = host.console_log("auto1");
+    wait_until("auto1 boot", Duration::from_secs(300), || {
+        count_in(&log4, "RXEN-READY") >= 1
+    });
+    let stop = host.cmd("rxen", &["host", "stop", "--timeout", "120"]);
+    assert!(stop.status.success(), "rxen host stop: {}", text(&stop));
+    assert!(
+        std::fs::read_to_string(&log4)
+            .unwrap_or_default()
+            .contains("power button pressed"),
+        "auto1 was not shut down through the power button"
+    );
 }
