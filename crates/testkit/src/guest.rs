@@ -46,7 +46,9 @@ pub struct Guest {
 
 impl std::fmt::Debug for Guest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guest").field("pid", &self.child.id()).finish()
+        f.debug_struct("Guest")
+            .field("pid", &self.child.id())
+            .finish()
     }
 }
 
@@ -163,7 +165,9 @@ impl Guest {
         let (lock, _) = &*self.console;
         let c = lock.lock().unwrap_or_else(|e| e.into_inner());
         let output = c.text[start..out_end].to_string();
-        let status_text = c.text[out_end + end.len()..self.cursor - 1].trim().to_string();
+        let status_text = c.text[out_end + end.len()..self.cursor - 1]
+            .trim()
+            .to_string();
         let status = status_text.parse().unwrap_or(-1);
         Ok(CmdOutput { output, status })
     }
@@ -297,8 +301,11 @@ fn tail(s: &str) -> String {
 fn append(console: &Arc<(Mutex<Console>, Condvar)>, bytes: &[u8], eof: bool) {
     let (lock, cv) = &**console;
     let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
-    c.text
-        .extend(String::from_utf8_lossy(bytes).chars().filter(|&ch| ch != '\r'));
+    c.text.extend(
+        String::from_utf8_lossy(bytes)
+            .chars()
+            .filter(|&ch| ch != '\r'),
+    );
     if eof {
         c.eof = true;
     }
@@ -337,7 +344,11 @@ pub(crate) fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -383,7 +394,9 @@ mod tests {
         cmd.arg("-c").arg(script).env("T", &dir);
         let mut g = Guest::spawn(cmd, "fake console").unwrap();
         g.wait_ready(Duration::from_secs(10)).unwrap();
-        let o = g.run("echo hello; echo 'quote \" and $HOME'; exit 3").unwrap();
+        let o = g
+            .run("echo hello; echo 'quote \" and $HOME'; exit 3")
+            .unwrap();
         assert_eq!(o.status, 3);
         assert_eq!(o.output, "hello\nquote \" and $HOME\n");
         let o = g.run("printf no-newline").unwrap();

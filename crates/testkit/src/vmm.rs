@@ -66,8 +66,19 @@ impl BootSpec {
                     "microvm,x-option-roms=off,isa-serial=on,rtc=on"
                 };
                 c.args(["-accel", "kvm", "-cpu", "host", "-M", machine]);
-                c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-                c.args(["-m", &self.memory_mib.to_string(), "-smp", &self.vcpus.to_string()]);
+                c.args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                ]);
+                c.args([
+                    "-m",
+                    &self.memory_mib.to_string(),
+                    "-smp",
+                    &self.vcpus.to_string(),
+                ]);
                 c.arg("-kernel").arg(&self.kernel);
                 if let Some(i) = &self.initrd {
                     c.arg("-initrd").arg(i);
@@ -79,17 +90,15 @@ impl BootSpec {
                     "device"
                 };
                 for (n, d) in self.disks.iter().enumerate() {
-                    c.arg("-drive").arg(format!(
-                        "file={},if=none,id=d{n},format=raw",
-                        d.display()
-                    ));
+                    c.arg("-drive")
+                        .arg(format!("file={},if=none,id=d{n},format=raw", d.display()));
                     c.arg("-device").arg(format!("virtio-blk-{bus},drive=d{n}"));
                 }
                 for (n, t) in self.taps.iter().enumerate() {
-                    c.arg("-netdev").arg(format!(
-                        "tap,id=n{n},ifname={t},script=no,downscript=no"
-                    ));
-                    c.arg("-device").arg(format!("virtio-net-{bus},netdev=n{n}"));
+                    c.arg("-netdev")
+                        .arg(format!("tap,id=n{n},ifname={t},script=no,downscript=no"));
+                    c.arg("-device")
+                        .arg(format!("virtio-net-{bus},netdev=n{n}"));
                 }
                 c
             }

@@ -17,7 +17,11 @@ fn e2e_qemu_boots_guest_and_runs_commands() {
     let o = g.run("uname -r; echo $((6*7))").unwrap();
     assert_eq!(o.status, 0);
     let lines: Vec<&str> = o.output.lines().collect();
-    assert!(lines[0].ends_with("cloud-amd64"), "unexpected kernel: {}", o.output);
+    assert!(
+        lines[0].ends_with("cloud-amd64"),
+        "unexpected kernel: {}",
+        o.output
+    );
     assert_eq!(lines[1], "42");
 
     // Exit statuses and stderr are carried through.
