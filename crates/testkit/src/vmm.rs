@@ -63,7 +63,7 @@ impl BootSpec {
                 let machine = if matches!(vmm, Vmm::QemuPc) {
                     "pc"
                 } else {
-                    "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+                    "microvm,isa-serial=on,rtc=on"
                 };
                 c.args(["-accel", "kvm", "-cpu", "host", "-M", machine]);
                 c.args([
