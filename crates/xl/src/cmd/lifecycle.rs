@@ -31,6 +31,18 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Connect to this host's services and run `f`; the exit status xl reports.
+fn with_host(f: impl FnOnce(&Paths, &Client) -> rxen_toolstack::Result<()>) -> i32 {
+    let paths = Paths::from_env();
+    match connect(&paths) {
+        Ok(xs) => match f(&paths, &xs) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        },
+        Err(c) => c,
+    }
+}
+
 fn fail(e: rxen_toolstack::Error) -> i32 {
     eprintln!("xl: {}", chain(&e));
     1
@@ -247,15 +259,7 @@ pub fn main_destroy(_g: &Globals, argv: &[String]) -> i32 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let paths = Paths::from_env();
-    let xs = match connect(&paths) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    match ops::destroy(&paths, &xs, &doms[0]) {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
+    with_host(|p, xs| ops::destroy(p, xs, &doms[0]))
 }
 
 /// `xl shutdown [-a] [-w] [-F] [dom]`.
@@ -331,15 +335,7 @@ pub fn main_reboot(_g: &Globals, argv: &[String]) -> i32 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let paths = Paths::from_env();
-    let xs = match connect(&paths) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    match ops::reboot(&paths, &xs, &doms[0]) {
-        Ok(_) => 0,
-        Err(e) => fail(e),
-    }
+    with_host(|p, xs| ops::reboot(p, xs, &doms[0]).map(|_| ()))
 }
 
 fn pause_like(name: &str, argv: &[String], pause: bool) -> i32 {
@@ -347,20 +343,13 @@ fn pause_like(name: &str, argv: &[String], pause: bool) -> i32 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let paths = Paths::from_env();
-    let xs = match connect(&paths) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    let r = if pause {
-        ops::pause(&paths, &xs, &doms[0])
-    } else {
-        ops::unpause(&paths, &xs, &doms[0])
-    };
-    match r {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
+    with_host(|p, xs| {
+        if pause {
+            ops::pause(p, xs, &doms[0])
+        } else {
+            ops::unpause(p, xs, &doms[0])
+        }
+    })
 }
 
 /// `xl pause dom`.
@@ -515,15 +504,7 @@ pub fn main_rename(_g: &Globals, argv: &[String]) -> i32 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let paths = Paths::from_env();
-    let xs = match connect(&paths) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    match ops::rename(&xs, &doms[0], &doms[1]) {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
+    with_host(|_, xs| ops::rename(xs, &doms[0], &doms[1]))
 }
 
 /// `xl sysrq dom letter`.
@@ -536,15 +517,7 @@ pub fn main_sysrq(_g: &Globals, argv: &[String]) -> i32 {
         eprintln!("Invalid sysrq key.");
         return 1;
     }
-    let paths = Paths::from_env();
-    let xs = match connect(&paths) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
-    match ops::sysrq(&xs, &doms[0], &doms[1]) {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
+    with_host(|_, xs| ops::sysrq(xs, &doms[0], &doms[1]))
 }
 
 #[cfg(test)]
