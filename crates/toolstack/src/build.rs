@@ -134,6 +134,13 @@ pub fn build_job(
         .bootloader
         .clone()
         .or_else(|| b.pv.as_ref().and_then(|p| p.bootloader.clone()));
+    // The guest's disks in attach order (vda, vdb, …), for `root=` translation.
+    let vdevs: Vec<String> = cfg
+        .disks
+        .iter()
+        .filter(|d| d.is_cdrom == 0)
+        .map(|d| d.vdev.clone().unwrap_or_default())
+        .collect();
     let pv = b.pv.as_ref();
     let direct_kernel = b
         .kernel
@@ -157,12 +164,7 @@ pub fn build_job(
             kernel: None,
             ramdisk: None,
             args: None,
-            vdevs: cfg
-                .disks
-                .iter()
-                .filter(|d| d.is_cdrom == 0)
-                .map(|d| d.vdev.clone().unwrap_or_default())
-                .collect(),
+            vdevs: vdevs.clone(),
         };
         let args = b
             .bootloader_args
@@ -230,12 +232,6 @@ pub fn build_job(
     let mut vm = VmConfig::new(PathBuf::from(&kernel));
     vm.name = Some(name.clone());
     vm.initrd = ramdisk.map(PathBuf::from);
-    let vdevs: Vec<String> = cfg
-        .disks
-        .iter()
-        .filter(|d| d.is_cdrom == 0)
-        .map(|d| d.vdev.clone().unwrap_or_default())
-        .collect();
     let extra_cmdline = translate_root(&cmdline.unwrap_or_default(), &vdevs);
     vm.cmdline = Some(extra_cmdline.clone());
     vm.memory_mib = target_kib.div_ceil(1024);

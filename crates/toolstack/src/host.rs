@@ -72,7 +72,7 @@ pub fn clock_ticks() -> f64 {
     }
 }
 
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence; no memory-safety preconditions.
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }

@@ -162,17 +162,14 @@ pub fn destroy(paths: &Paths, xs: &Client, arg: &str) -> Result<()> {
         if registry::read_domain(xs, r.domid)?.is_none() {
             return Ok(());
         }
-        if r.supervisor_pid.is_none_or(|p| !alive(p)) {
+        if r.supervisor_pid
+            .is_none_or(|p| !crate::host::pid_alive(p as i32))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     force_destroy(paths, xs, r.domid)
-}
-
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks existence.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
 fn force_destroy(paths: &Paths, xs: &Client, domid: u32) -> Result<()> {
