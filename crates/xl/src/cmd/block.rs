@@ -1,5 +1,7 @@
 //! Block device commands (`block-attach`; dry run only so far).
 
+use crate::cmdtable::Handler;
+
 use crate::cmdtable::require_args;
 use crate::util::getopt;
 use crate::Globals;
@@ -28,4 +30,12 @@ pub fn main_blockattach(g: &Globals, argv: &[String]) -> i32 {
     }
     println!("disk: {}\n", rxen_config::json::to_yajl_string(&disk));
     0
+}
+
+/// This group's handler for `name`, if it implements that command.
+pub fn handler(name: &str) -> Option<Handler> {
+    Some(match name {
+        "block-attach" => main_blockattach,
+        _ => return None,
+    })
 }

@@ -1,5 +1,7 @@
 //! `xl create` (dry run: `xl -N create FILE [key=value...]`).
 
+use crate::cmdtable::Handler;
+
 use crate::cmdtable::help;
 use crate::util::{getopt, parse_env};
 use crate::Globals;
@@ -101,4 +103,12 @@ pub fn main_create(g: &Globals, argv: &[String]) -> i32 {
             e.exit_code
         }
     }
+}
+
+/// This group's handler for `name`, if it implements that command.
+pub fn handler(name: &str) -> Option<Handler> {
+    Some(match name {
+        "create" => main_create,
+        _ => return None,
+    })
 }

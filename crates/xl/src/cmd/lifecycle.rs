@@ -1,6 +1,8 @@
 //! Domain lifecycle commands on top of `rxen-toolstack`: create (the real run), list, destroy,
 //! shutdown, reboot, pause, unpause, console, domid, domname, rename, uptime, vm-list, sysrq.
 
+use crate::cmdtable::Handler;
+
 use std::time::Duration;
 
 use rxen_config::model::DomainConfig;
@@ -518,6 +520,26 @@ pub fn main_sysrq(_g: &Globals, argv: &[String]) -> i32 {
         return 1;
     }
     with_host(|_, xs| ops::sysrq(xs, &doms[0], &doms[1]))
+}
+
+/// This group's handler for `name`, if it implements that command.
+pub fn handler(name: &str) -> Option<Handler> {
+    Some(match name {
+        "list" => main_list,
+        "vm-list" => main_vmlist,
+        "uptime" => main_uptime,
+        "destroy" => main_destroy,
+        "shutdown" => main_shutdown,
+        "reboot" => main_reboot,
+        "pause" => main_pause,
+        "unpause" => main_unpause,
+        "console" => main_console,
+        "domid" => main_domid,
+        "domname" => main_domname,
+        "rename" => main_rename,
+        "sysrq" => main_sysrq,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

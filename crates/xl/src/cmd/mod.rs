@@ -1,36 +1,37 @@
-//! Command groups. Each module implements the commands of one group; register new handlers in
-//! [`handler`] (everything not listed prints "not implemented yet in rxen" and exits 1).
+//! Command groups. Each module implements the commands of one group and exposes its own
+//! `handler(name)`; everything no group claims prints "not implemented yet in rxen" and exits 1.
 
 pub mod block;
+pub mod cdrom;
 pub mod create;
+pub mod info;
 pub mod lifecycle;
+pub mod mem;
+pub mod migrate;
 pub mod network;
+pub mod sched;
+pub mod top;
 pub mod vcpu;
 
 use crate::cmdtable::Handler;
 
 /// The rxen implementation of a Xen subcommand, if any.
 pub fn handler(name: &str) -> Option<Handler> {
-    Some(match name {
-        "create" => create::main_create,
-        "block-attach" => block::main_blockattach,
-        "network-attach" => network::main_networkattach,
-        "vcpu-pin" => vcpu::main_vcpupin,
-        "list" => lifecycle::main_list,
-        "vm-list" => lifecycle::main_vmlist,
-        "uptime" => lifecycle::main_uptime,
-        "destroy" => lifecycle::main_destroy,
-        "shutdown" => lifecycle::main_shutdown,
-        "reboot" => lifecycle::main_reboot,
-        "pause" => lifecycle::main_pause,
-        "unpause" => lifecycle::main_unpause,
-        "console" => lifecycle::main_console,
-        "domid" => lifecycle::main_domid,
-        "domname" => lifecycle::main_domname,
-        "rename" => lifecycle::main_rename,
-        "sysrq" => lifecycle::main_sysrq,
-        _ => return None,
-    })
+    [
+        block::handler,
+        cdrom::handler,
+        create::handler,
+        info::handler,
+        lifecycle::handler,
+        mem::handler,
+        migrate::handler,
+        network::handler,
+        sched::handler,
+        top::handler,
+        vcpu::handler,
+    ]
+    .iter()
+    .find_map(|h| h(name))
 }
 
 /// Print an "only the dry run is implemented" error (never fake success).

@@ -1,5 +1,7 @@
 //! Network device commands (`network-attach`; dry run only so far).
 
+use crate::cmdtable::Handler;
+
 use crate::cmdtable::require_args;
 use crate::util::{getopt, parse_env};
 use crate::Globals;
@@ -43,4 +45,12 @@ pub fn main_networkattach(g: &Globals, argv: &[String]) -> i32 {
     }
     println!("vif: {}\n", rxen_config::json::to_yajl_string(&nic));
     0
+}
+
+/// This group's handler for `name`, if it implements that command.
+pub fn handler(name: &str) -> Option<Handler> {
+    Some(match name {
+        "network-attach" => main_networkattach,
+        _ => return None,
+    })
 }

@@ -1,5 +1,7 @@
 //! vCPU commands (`vcpu-pin`; dry run only so far).
 
+use crate::cmdtable::Handler;
+
 use crate::cmdtable::require_args;
 use crate::util::{getopt, host_info};
 use crate::Globals;
@@ -100,4 +102,12 @@ pub fn main_vcpupin(g: &Globals, argv: &[String]) -> i32 {
     }
     println!("{out}");
     0
+}
+
+/// This group's handler for `name`, if it implements that command.
+pub fn handler(name: &str) -> Option<Handler> {
+    Some(match name {
+        "vcpu-pin" => main_vcpupin,
+        _ => return None,
+    })
 }
