@@ -329,6 +329,11 @@ pub fn list(xs: &Client, filter: &[String]) -> Result<Vec<DomainRow>> {
         .into_iter()
         .map(|rec| {
             if rec.domid == 0 {
+                // Dom0's handle is all zeroes in Xen.
+                let rec = DomainRecord {
+                    uuid: "00000000-0000-0000-0000-000000000000".into(),
+                    ..rec
+                };
                 return DomainRow {
                     mem_mib: rec.target_kib / 1024,
                     vcpus: rec.vcpus_online,

@@ -115,7 +115,7 @@ fn simple_opts(name: &str, argv: &[String], min: usize) -> Result<(Vec<OptArg>, 
     Ok((opts, ops))
 }
 
-/// `xl list [-l] [-v] [dom...]`.
+/// `xl list [-l] [-v] [-Z] [-c] [-n] [dom...]`.
 pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
     let (opts, doms) = match getopt(argv, &[], &[]) {
         Ok(x) => x,
@@ -125,25 +125,29 @@ pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
             return 2;
         }
     };
-    let mut verbose = false;
+    let mut cols = format::ListColumns::default();
     let mut long = false;
     for (o, _) in &opts {
         match o.as_str() {
-            "-v" | "--verbose" => verbose = true,
+            "-v" | "--verbose" => cols.verbose = true,
             "-l" | "--long" => long = true,
+            "-Z" | "--context" => cols.context = true,
+            "-c" | "--cpupool" => cols.cpupool = true,
+            "-n" | "--numa" => cols.numa = true,
             "-h" | "--help" => {
                 help(Some("list"));
                 return 0;
-            }
-            "-Z" | "--context" | "-c" | "--cpupool" | "-n" | "--numa" => {
-                eprintln!("xl: list {o} is not supported by rxen yet");
-                return 1;
             }
             _ => {
                 help(Some("list"));
                 return 2;
             }
         }
+    }
+    if doms.len() > 1 {
+        // Xen's xl lists all domains or exactly one.
+        help(Some("list"));
+        return 1;
     }
     let paths = Paths::from_env();
     let xs = match connect(&paths) {
@@ -175,16 +179,12 @@ pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
         println!("[\n{}\n]", out.join(",\n"));
         return 0;
     }
-    if verbose {
-        println!("{}", format::list_verbose_header());
-        for r in &rows {
-            println!("{}", format::list_verbose_row(r));
-        }
-    } else {
-        println!("{}", format::list_header());
-        for r in &rows {
-            println!("{}", format::list_row(r));
-        }
+    // rxen has one cpupool (all host CPUs) and does not restrict NUMA placement: every domain is
+    // in Pool-0 and may use every node (see docs/toolstack.md).
+    let nodes = rxen_toolstack::host::numa_nodes_text();
+    println!("{}", format::list_header_with(cols));
+    for r in &rows {
+        println!("{}", format::list_row_with(r, cols, "Pool-0", &nodes));
     }
     0
 }
@@ -201,7 +201,8 @@ pub fn main_vmlist(_g: &Globals, _argv: &[String]) -> i32 {
         Err(e) => return fail(e),
     };
     println!("{}", format::vm_list_header());
-    for r in rows.iter().filter(|r| r.rec.domid != 0) {
+    // Xen 4.17 lists Domain-0 too (checked against Debian's xl in tests/list_differential.rs).
+    for r in &rows {
         println!("{}", format::vm_list_row(r));
     }
     0
