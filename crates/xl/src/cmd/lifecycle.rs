@@ -523,6 +523,66 @@ pub fn main_sysrq(_g: &Globals, argv: &[String]) -> i32 {
     with_host(|_, xs| ops::sysrq(xs, &doms[0], &doms[1]))
 }
 
+/// `xl trigger <Domain> <nmi|reset|init|power|sleep|s3resume> [<VCPU>]`.
+pub fn main_trigger(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, ops_) = match simple_opts("trigger", argv, 2) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Some(what) = ops::Trigger::parse(&ops_[1]) else {
+        eprintln!("Invalid trigger \"{}\"", ops_[1]);
+        return 1;
+    };
+    let vcpu = match ops_.get(2).map(|v| v.parse::<u32>()) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            eprintln!("Invalid vcpu \"{}\"", ops_[2]);
+            return 1;
+        }
+    };
+    with_host(|paths, xs| ops::trigger(paths, xs, &ops_[0], what, vcpu))
+}
+
+/// `xl dmesg [-c]`: the hypervisor's (KVM's) messages from the host kernel log.
+pub fn main_dmesg(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, _) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            help(Some("dmesg"));
+            return 2;
+        }
+    };
+    let mut clear = false;
+    for (o, _) in &opts {
+        match o.as_str() {
+            "-c" => clear = true,
+            "-h" | "--help" => {
+                help(Some("dmesg"));
+                return 0;
+            }
+            _ => {
+                help(Some("dmesg"));
+                return 2;
+            }
+        }
+    }
+    let paths = Paths::from_env();
+    match rxen_toolstack::host::hypervisor_log(&paths.run.join("dmesg-cleared"), clear) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("xl: cannot read the host kernel log (/dev/kmsg): {e}");
+            1
+        }
+    }
+}
+
 /// This group's handler for `name`, if it implements that command.
 pub fn handler(name: &str) -> Option<Handler> {
     Some(match name {
@@ -539,6 +599,8 @@ pub fn handler(name: &str) -> Option<Handler> {
         "domname" => main_domname,
         "rename" => main_rename,
         "sysrq" => main_sysrq,
+        "trigger" => main_trigger,
+        "dmesg" => main_dmesg,
         _ => return None,
     })
 }
