@@ -128,6 +128,15 @@ pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
         }
     }
     let xs = crate::connect_xenstore(paths)?;
+    register_dom0(&xs)?;
+    if autostart {
+        autostart_domains(paths);
+    }
+    Ok(())
+}
+
+/// Registers the host as Domain-0 (name, memory, vCPUs, `/vm` entry) like xencommons does.
+pub fn register_dom0(xs: &rxen_xenstore::Client) -> Result<()> {
     let h = host_info();
     xs.write("/local/domain/0/name", "Domain-0")?;
     xs.write("/local/domain/0/domid", "0")?;
@@ -142,9 +151,6 @@ pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
     )?;
     xs.write("/vm/00000000-0000-0000-0000-000000000000/name", "Domain-0")?;
     xs.write("/tool/xenstored", "rxen")?;
-    if autostart {
-        autostart_domains(paths);
-    }
     Ok(())
 }
 

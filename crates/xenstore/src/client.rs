@@ -153,6 +153,49 @@ pub trait XsOps {
         self.request(MsgType::Rm, join_strings(&[path])).map(|_| ())
     }
 
+    /// Sends several requests and returns their results in order. The default sends them one
+    /// by one; a [`Client`] pipelines them (one round trip).
+    fn request_batch(&self, reqs: Vec<(MsgType, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        reqs.into_iter()
+            .map(|(ty, payload)| self.request(ty, payload))
+            .collect()
+    }
+
+    /// Reads several nodes (pipelined on a [`Client`]); `Ok(None)` for a missing node.
+    fn read_many(&self, paths: &[String]) -> Vec<Result<Option<String>>> {
+        let reqs = paths
+            .iter()
+            .map(|p| (MsgType::Read, join_strings(&[p.as_str()])))
+            .collect();
+        self.request_batch(reqs)
+            .into_iter()
+            .map(|r| match r {
+                Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+                Err(Error::Xs(Errno::ENOENT)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    /// Lists several directories (pipelined on a [`Client`]); `Ok(None)` for a missing node.
+    /// Directories too big for one reply are listed again with [`XsOps::ls`].
+    fn ls_many(&self, paths: &[String]) -> Vec<Result<Option<Vec<String>>>> {
+        let reqs = paths
+            .iter()
+            .map(|p| (MsgType::Directory, join_strings(&[p.as_str()])))
+            .collect();
+        self.request_batch(reqs)
+            .into_iter()
+            .zip(paths)
+            .map(|(r, p)| match r {
+                Ok(v) => Ok(Some(strings(&v)?)),
+                Err(Error::Xs(Errno::ENOENT)) => Ok(None),
+                Err(Error::Xs(Errno::E2BIG)) => self.ls(p).map(Some),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     /// Lists a node's children (falls back to `DIRECTORY_PART` for huge directories).
     fn ls(&self, path: &str) -> Result<Vec<String>> {
         match self.request(MsgType::Directory, join_strings(&[path])) {
@@ -347,6 +390,81 @@ impl Client {
         Ok(reply.payload)
     }
 
+    /// Sends several requests back to back and then collects their replies (one round trip
+    /// instead of one per request; xenstored answers a connection's requests in order). Each
+    /// element is `(type, transaction id, payload)`; the results are in the same order.
+    pub fn request_many(&self, reqs: Vec<(MsgType, u32, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        // Stay well below the daemons' per-connection limit on outstanding requests.
+        const WINDOW: usize = 64;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut it = reqs.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<_> = it.by_ref().take(WINDOW).collect();
+            out.extend(self.request_window(chunk));
+        }
+        out
+    }
+
+    fn request_window(&self, reqs: Vec<(MsgType, u32, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return reqs.iter().map(|_| Err(Error::Closed)).collect();
+        }
+        let mut frames = Vec::new();
+        let mut waits = Vec::with_capacity(reqs.len());
+        {
+            let mut pending = self.inner.lock_pending();
+            for (ty, tx_id, payload) in reqs {
+                let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel();
+                pending.insert(req_id, tx);
+                frames.extend_from_slice(
+                    &Message {
+                        ty: ty as u32,
+                        req_id,
+                        tx_id,
+                        payload,
+                    }
+                    .encode(),
+                );
+                waits.push((ty, req_id, rx));
+            }
+        }
+        let written = {
+            let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.write_all(&frames)
+        };
+        if let Err(e) = written {
+            let mut pending = self.inner.lock_pending();
+            for (_, id, _) in &waits {
+                pending.remove(id);
+            }
+            let kind = e.kind();
+            return waits
+                .iter()
+                .map(|_| Err(Error::Io(std::io::Error::from(kind))))
+                .collect();
+        }
+        waits
+            .into_iter()
+            .map(|(ty, _, rx)| {
+                let reply = rx.recv().map_err(|_| Error::Closed)?;
+                if reply.ty == MsgType::Error as u32 {
+                    let name = split_strings(&reply.payload)
+                        .and_then(|v| v.first().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    return Err(Error::Xs(Errno::from_name(&name)));
+                }
+                if reply.ty != ty as u32 {
+                    return Err(Error::Protocol(format!(
+                        "reply type {} to request type {}",
+                        reply.ty, ty as u32
+                    )));
+                }
+                Ok(reply.payload)
+            })
+            .collect()
+    }
+
     /// Starts a transaction.
     pub fn transaction(&self) -> Result<Transaction<'_>> {
         let v = self.request_tx(MsgType::TransactionStart, 0, join_strings(&[""]))?;
@@ -498,6 +616,10 @@ impl Client {
 }
 
 impl XsOps for Client {
+    fn request_batch(&self, reqs: Vec<(MsgType, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        self.request_many(reqs.into_iter().map(|(t, p)| (t, 0, p)).collect())
+    }
+
     fn request(&self, ty: MsgType, payload: Vec<u8>) -> Result<Vec<u8>> {
         self.request_tx(ty, 0, payload)
     }

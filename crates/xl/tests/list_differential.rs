@@ -9,12 +9,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod support;
+
 use rxen_testkit::{repo_root, require_tool};
 use rxen_toolstack::format::{self, ListColumns};
 use rxen_toolstack::ops::DomainRow;
 use rxen_toolstack::registry::{DomState, DomainRecord, ShutdownReason};
-use rxen_xenstore::server::{Config, Server};
 use rxen_xenstore::{Client, XsOps};
+use support::InProcessXenstored;
 
 /// The shim's domains (tools/xen-ref/shim/fakexen.c): id, name we give it, state, MiB, vCPUs,
 /// running, blocked, CPU seconds.
@@ -97,51 +99,6 @@ fn row(f: &Fake) -> DomainRow {
         running: f.running,
         blocked: f.blocked,
         cpu_secs: f.secs,
-    }
-}
-
-struct InProcessXenstored {
-    dir: PathBuf,
-    stop: rxen_xenstore::server::StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl InProcessXenstored {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("rxen-list-diff-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = Config {
-            socket: dir.join("socket"),
-            db_dir: None,
-            fsync: rxen_xenstore::journal::FsyncPolicy::Never,
-            log_file: None,
-            compact_bytes: None,
-        };
-        let mut server = Server::bind(&cfg).expect("bind xenstored");
-        let stop = server.stop_handle();
-        let thread = std::thread::spawn(move || {
-            let _ = server.run();
-        });
-        InProcessXenstored {
-            dir,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("socket")
-    }
-}
-
-impl Drop for InProcessXenstored {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
