@@ -294,6 +294,22 @@ fn e2e_cpumem_affinity_sched_balloon() {
     let below = host.xl(&["mem-max", "cpumem", "100m"]);
     assert!(!below.status.success(), "{}", text(&below));
 
+    step("xl top -b -i 2");
+    let top = host.xl_ok(&["top", "-b", "-i", "2", "-d", "1"]);
+    let headers = top
+        .lines()
+        .filter(|l| l.trim_start().starts_with("NAME  STATE"))
+        .count();
+    assert_eq!(headers, 2, "{top}");
+    let rows: Vec<&str> = top
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cpumem "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{top}");
+    let f: Vec<&str> = rows[1].split_whitespace().collect();
+    assert_eq!(f.len(), 19, "{}", rows[1]);
+    assert_eq!((f[4], f[6], f[8]), ("262144", "307200", "2"), "{}", rows[1]);
+
     step("pool= other than Pool-0 is refused");
     let cfg2 = host.write_cfg("pooled", "pool = \"fast\"", &assets);
     let o = host.xl(&["create", cfg2.to_str().unwrap()]);
