@@ -59,6 +59,12 @@ pub enum Command {
         /// Memory the guest should keep, KiB.
         target_kib: u64,
     },
+    /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
+    Nmi {
+        /// vCPU index.
+        #[serde(default)]
+        vcpu: u8,
+    },
 }
 
 /// A request line.

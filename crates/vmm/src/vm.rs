@@ -256,6 +256,22 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        if cfg.balloon {
+            // A ballooned 4 KiB page inside a transparent huge page would keep the other 511
+            // resident (and khugepaged could collapse ballooned ranges back): a domain with a
+            // balloon gets 4 KiB pages so that inflating returns memory to the host.
+            for region in mem.iter() {
+                // SAFETY: madvise on a live mapping owned by `mem`; NOHUGEPAGE only changes
+                // how the kernel backs it.
+                unsafe {
+                    libc::madvise(
+                        region.as_ptr().cast::<libc::c_void>(),
+                        region.len() as usize,
+                        libc::MADV_NOHUGEPAGE,
+                    )
+                };
+            }
+        }
         let (tx, events_rx) = mpsc::channel();
         let sink = Arc::new(ChannelSink {
             tx: Mutex::new(tx),
@@ -934,6 +950,15 @@ impl Vm {
                     .unwrap_or_else(|e| e.into_inner())
                     .power_button();
                 server.reply(token, id, Ok(ok));
+            }
+            Command::Nmi { vcpu } => {
+                if usize::from(vcpu) >= self.vcpus.len() {
+                    server.reply(token, id, Err(format!("no vCPU {vcpu}")));
+                } else {
+                    self.control.request_nmi(vcpu);
+                    self.kick_all();
+                    server.reply(token, id, Ok(ok));
+                }
             }
             Command::Reboot => {
                 server.reply(token, id, Ok(ok));

@@ -237,9 +237,13 @@ fn e2e_cpumem_affinity_sched_balloon() {
         mt0 < 256 * 1024,
         "guest MemTotal {mt0} kB with the balloon holding 128 MiB"
     );
-    // Dirty guest memory so the host has it resident, then free it in the guest.
+    // Dirty all but 24 MiB of the guest's free memory, then free it in the guest: whatever
+    // pages the balloon takes next were resident on the host.
     con.check(
-        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=96 2>/dev/null; rm /dev/shm/fill; echo ok",
+        "mkdir -p /mnt/fill && mount -t tmpfs -o size=95% tmpfs /mnt/fill && \
+         n=$(awk '/MemFree/ {print int($2/1024) - 24}' /proc/meminfo) && \
+         dd if=/dev/zero of=/mnt/fill/x bs=1M count=$n 2>/dev/null; \
+         rm -f /mnt/fill/x; umount /mnt/fill; echo ok",
     )
     .unwrap();
     let rss0 = rss_kib(pid);
