@@ -12,6 +12,17 @@ use common::{step, Host};
 use rxen_testkit::{require_linux_kvm, Assets, Guest};
 use rxen_xenstore::XsOps;
 
+/// `xl create -c CFG` without the 300 s limit of `Host::command` (the console stays attached for
+/// the whole test; the Guest kills its process group on drop).
+fn console_command(host: &Host, cfg: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(host.bin.join("xl"));
+    c.args(["create", "-c"])
+        .arg(cfg)
+        .env("RXEN_ROOT", &host.root)
+        .env_remove("XENSTORED_PATH");
+    c
+}
+
 fn vmm_pid(host: &Host, name: &str) -> u32 {
     let row = host.list_row(name).expect("domain listed");
     let domid = row.split_whitespace().nth(1).unwrap().to_string();
@@ -63,11 +74,7 @@ fn bench_cpumem_weight_and_cap() {
             &format!("cpus = \"1\"\ncpu_weight = {w}\nvcpus = 1"),
             &assets,
         );
-        let mut con = Guest::spawn(
-            host.command("xl", &["create", "-c", cfg.to_str().unwrap()]),
-            "xl create -c",
-        )
-        .unwrap();
+        let mut con = Guest::spawn(console_command(&host, &cfg), "xl create -c").unwrap();
         con.wait_ready(Duration::from_secs(300)).unwrap();
         cons.push(con);
     }

@@ -13,6 +13,17 @@ use rxen_testkit::{require_linux_kvm, Assets, Guest};
 use rxen_xenstore::XsOps;
 
 /// The VMM pid of a domain, from xenstore.
+/// `xl create -c CFG` without the 300 s limit of `Host::command` (the console stays attached for
+/// the whole test; the Guest kills its process group on drop).
+fn console_command(host: &Host, cfg: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(host.bin.join("xl"));
+    c.args(["create", "-c"])
+        .arg(cfg)
+        .env("RXEN_ROOT", &host.root)
+        .env_remove("XENSTORED_PATH");
+    c
+}
+
 fn vmm_pid(host: &Host, domid: &str) -> u32 {
     let xs = rxen_xenstore::Client::connect(&host.root.join("var/run/xenstored/socket"))
         .expect("connect to the test host's xenstored");
@@ -130,11 +141,7 @@ fn e2e_cpumem_affinity_sched_balloon() {
         "cpus = [\"1\", \"0-1\"]\ncpus_soft = \"1\"\ncpu_weight = 512\ncap = 50\nmaxmem = 384",
         &assets,
     );
-    let mut con = Guest::spawn(
-        host.command("xl", &["create", "-c", cfg.to_str().unwrap()]),
-        "xl create -c",
-    )
-    .unwrap();
+    let mut con = Guest::spawn(console_command(&host, &cfg), "xl create -c").unwrap();
     con.wait_ready(Duration::from_secs(300)).unwrap();
     let row = host.list_row("cpumem").expect("cpumem listed");
     let domid = row.split_whitespace().nth(1).unwrap().to_string();
