@@ -645,6 +645,17 @@ impl Vm {
             }
             if let Some(s) = &soft {
                 self.affinity[i].1 = s.clone();
+                // Soft affinity is a placement: move the thread onto hard ∩ soft now, then
+                // allow it the whole hard mask again.
+                let (h, s) = &self.affinity[i];
+                if let (Some(p), Some(v)) = (crate::affinity::placement(h, s), self.vcpus.get(i)) {
+                    let tid = v.tid.load(AtomicOrdering::SeqCst);
+                    if tid > 0 && !v.thread.is_finished() {
+                        let _ = crate::affinity::set(tid, &p);
+                        crate::affinity::set(tid, h)
+                            .map_err(|e| format!("vCPU {i}: restoring hard affinity: {e}"))?;
+                    }
+                }
             }
         }
         Ok(())
