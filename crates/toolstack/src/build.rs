@@ -37,6 +37,9 @@ pub struct DomainJob {
     /// Each NIC's vif settings as xl spells them (`bridge`, `mac`, `ip`, `script`, `mtu`,
     /// `rate`, `vifname`, `gatewaydev`), for the host side (`rxen-net`), with its devid.
     pub vifs: Vec<(u32, Vec<(String, String)>)>,
+    /// `cpu_weight` / `cap`, applied to the domain's cgroup by the supervisor.
+    #[serde(default)]
+    pub sched: crate::sched::SchedSettings,
 }
 
 /// What pygrub runs on.
@@ -322,6 +325,7 @@ pub fn build_job(
         });
         vifs.push((devid as u32, kv));
     }
+    crate::cpumem::apply_config(cfg, &mut vm).map_err(unsupported)?;
     Ok(DomainJob {
         domid,
         name,
@@ -334,6 +338,7 @@ pub fn build_job(
         bootloader: boot_job,
         extra_cmdline,
         vifs,
+        sched: crate::cpumem::sched_settings(cfg),
     })
 }
 

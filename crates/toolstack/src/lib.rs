@@ -12,11 +12,13 @@
 
 pub mod build;
 pub mod console;
+pub mod cpumem;
 pub mod format;
 pub mod host;
 pub mod ops;
 pub mod paths;
 pub mod registry;
+pub mod sched;
 pub mod supervisor;
 
 pub use paths::Paths;

@@ -346,7 +346,7 @@ pub fn list(xs: &Client, filter: &[String]) -> Result<Vec<DomainRow>> {
             let (cpu_secs, running) = rec.vmm_pid.map(vmm_cpu).unwrap_or((0.0, false));
             let live = matches!(rec.state, DomState::Running);
             DomainRow {
-                mem_mib: rec.target_kib / 1024,
+                mem_mib: crate::cpumem::current_kib(&Paths::from_env(), &rec) / 1024,
                 vcpus: rec.vcpus_online,
                 running: live && running,
                 blocked: live && !running,

@@ -103,6 +103,10 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
         };
         let vmm_pid = child.id();
         xs.write(&format!("{p}/vmm-pid"), vmm_pid.to_string())?;
+        crate::sched::record(&xs, domid, &job.sched)?;
+        if let Err(e) = crate::sched::attach(paths, domid, vmm_pid, &job.sched) {
+            log(&format!("domain {domid}: cgroup (cpu_weight/cap): {e}"));
+        }
         let vifs = match publish(paths, &xs, &job, &mut child, first) {
             Ok(v) => v,
             Err(e) => {
@@ -448,4 +452,5 @@ pub fn cleanup(paths: &Paths, xs: &Client, domid: u32) {
         ));
     }
     let _ = std::fs::remove_dir_all(paths.domain_run_dir(domid));
+    crate::sched::remove(paths, domid);
 }

@@ -41,6 +41,24 @@ pub enum Command {
     Destroy,
     /// Receive events on this connection.
     Subscribe,
+    /// Set the hard and/or soft CPU affinity of one vCPU (`vcpu`) or of all (`vcpu` absent).
+    /// An absent list leaves that affinity alone; an empty list means every CPU.
+    SetAffinity {
+        /// vCPU index; all vCPUs when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vcpu: Option<u32>,
+        /// New hard affinity (host CPU numbers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hard: Option<Vec<u32>>,
+        /// New soft affinity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        soft: Option<Vec<u32>>,
+    },
+    /// Move the balloon so that the guest keeps `target_kib` of memory (`xl mem-set`).
+    SetBalloon {
+        /// Memory the guest should keep, KiB.
+        target_kib: u64,
+    },
     /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
     Nmi {
         /// vCPU index.
@@ -118,6 +136,28 @@ pub struct VcpuInfo {
     pub id: u8,
     /// CPU time consumed by the vCPU thread, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// Host thread id of the vCPU thread (0 if unknown).
+    #[serde(default)]
+    pub tid: i32,
+    /// Hard affinity as requested (host CPUs; empty = every CPU).
+    #[serde(default)]
+    pub hard_affinity: Vec<u32>,
+    /// Soft affinity as requested (empty = every CPU).
+    #[serde(default)]
+    pub soft_affinity: Vec<u32>,
+}
+
+/// Balloon state in `info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonInfo {
+    /// Guest RAM (the maximum the guest can have), KiB.
+    pub ram_kib: u64,
+    /// Memory the host asked the guest to keep, KiB.
+    pub target_kib: u64,
+    /// Memory the guest has now (RAM minus what the driver gave up), KiB.
+    pub current_kib: u64,
+    /// Whether the guest's balloon driver is active.
+    pub driver_active: bool,
 }
 
 /// Console information.
@@ -149,6 +189,9 @@ pub struct Info {
     pub serial: ConsoleInfo,
     /// virtio console.
     pub console: ConsoleInfo,
+    /// The balloon, when the domain has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonInfo>,
 }
 
 /// Errors of the API client.

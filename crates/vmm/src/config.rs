@@ -278,6 +278,17 @@ pub struct VmConfig {
     /// config) instead of exiting with code 3: `on_reboot=restart` without a new process.
     #[serde(default)]
     pub reboot_in_place: bool,
+    /// Hard CPU affinity of each vCPU thread (host CPU numbers, applied with
+    /// `sched_setaffinity`); a missing or empty entry leaves that vCPU unrestricted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_affinity: Vec<Vec<u32>>,
+    /// Soft affinity of each vCPU: a preference used for the thread's initial placement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_soft_affinity: Vec<Vec<u32>>,
+    /// A virtio-balloon device. With `maxmem_mib` above `memory_mib` the guest gets
+    /// `maxmem_mib` of RAM and starts with the balloon holding the difference.
+    #[serde(default)]
+    pub balloon: bool,
 }
 
 /// Hard limits.
@@ -305,6 +316,18 @@ impl VmConfig {
             api_socket: None,
             rtc: RtcConfig::default(),
             reboot_in_place: false,
+            cpu_affinity: vec![],
+            cpu_soft_affinity: vec![],
+            balloon: false,
+        }
+    }
+
+    /// Guest RAM in MiB: `maxmem_mib` when a balloon can hand the difference back, else
+    /// `memory_mib`.
+    pub fn ram_mib(&self) -> u64 {
+        match self.maxmem_mib {
+            Some(m) if self.balloon && m > self.memory_mib => m,
+            _ => self.memory_mib,
         }
     }
 
@@ -359,7 +382,22 @@ impl VmConfig {
                 ));
             }
         }
+        if self.maxmem_mib.is_some_and(|m| m > MAX_MEMORY_MIB) {
+            return Err(invalid("maxmem_mib", format!("above {MAX_MEMORY_MIB}")));
+        }
+        for (field, list) in [
+            ("cpu_affinity", &self.cpu_affinity),
+            ("cpu_soft_affinity", &self.cpu_soft_affinity),
+        ] {
+            if list.len() > 255 || list.iter().any(|m| m.iter().any(|c| *c >= 4096)) {
+                return Err(invalid(
+                    field,
+                    "more than 255 vCPUs or a CPU number above 4095",
+                ));
+            }
+        }
         let ndev = self.disks.len()
+            + usize::from(self.balloon)
             + self.nets.len()
             + usize::from(self.rng)
             + usize::from(self.console.mode != ConsoleMode::None);

@@ -7,6 +7,7 @@
 //! The process exit code tells the toolstack how the domain ended; see [`ExitCode`].
 
 pub mod acpi;
+pub mod affinity;
 pub mod api;
 pub mod boot;
 pub mod config;

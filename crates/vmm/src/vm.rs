@@ -7,6 +7,7 @@ use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +19,7 @@ use rxen_devices::legacy::{
     acpi_pm, cmos, i8042, pvpanic, serial, AcpiPm, Cmos, PvPanic, Serial, I8042,
 };
 use rxen_devices::pci::{PciRoot, PCI_CONFIG_PORT};
+use rxen_devices::virtio::balloon::{Balloon, BalloonHandle, BALLOON_PAGE};
 use rxen_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use rxen_devices::virtio::{block::Block, console::Console, net::Net, rng::Rng, tap, VirtioDevice};
 use rxen_devices::{Bus, GuestEvent, GuestEventSink, GuestMemoryMmap};
@@ -25,7 +27,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::api::{self, Command, ConsoleInfo, Event, EventKind, Info, Response, VcpuInfo};
+use crate::api::{
+    self, BalloonInfo, Command, ConsoleInfo, Event, EventKind, Info, Response, VcpuInfo,
+};
 use crate::config::{parse_mac, ConsoleMode, VmConfig};
 use crate::cpu::{self, RunState, VcpuControl, VcpuExitReason};
 use crate::layout::*;
@@ -150,6 +154,8 @@ impl GuestEventSink for ChannelSink {
 
 struct VcpuHandle {
     thread: JoinHandle<VcpuExitReason>,
+    /// Host thread id, published by the thread itself (0 until it runs).
+    tid: Arc<AtomicI32>,
 }
 
 /// A built, not yet running domain.
@@ -172,6 +178,10 @@ pub struct Vm {
     _serial_backend_keep: Vec<console::ConsoleBackend>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
     _stdin_guard: Option<console::StdinRawGuard>,
+    /// The virtio-balloon device's handle.
+    balloon: Option<BalloonHandle>,
+    /// Requested (hard, soft) affinity of each vCPU (empty = every CPU).
+    affinity: Vec<(Vec<u32>, Vec<u32>)>,
     /// Host mappings of guest RAM: declared last so they are unmapped after everything else.
     ram: Option<boot::RamMappings>,
 }
@@ -209,7 +219,7 @@ impl Vm {
     /// Builds the domain: KVM VM, memory, devices, boot state and (parked) vCPUs.
     pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
         cfg.validate()?;
-        let mem_bytes = cfg.memory_mib << 20;
+        let mem_bytes = cfg.ram_mib() << 20;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
@@ -246,6 +256,22 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        if cfg.balloon {
+            // A ballooned 4 KiB page inside a transparent huge page would keep the other 511
+            // resident (and khugepaged could collapse ballooned ranges back): a domain with a
+            // balloon gets 4 KiB pages so that inflating returns memory to the host.
+            for region in mem.iter() {
+                // SAFETY: madvise on a live mapping owned by `mem`; NOHUGEPAGE only changes
+                // how the kernel backs it.
+                unsafe {
+                    libc::madvise(
+                        region.as_ptr().cast::<libc::c_void>(),
+                        region.len() as usize,
+                        libc::MADV_NOHUGEPAGE,
+                    )
+                };
+            }
+        }
         let (tx, events_rx) = mpsc::channel();
         let sink = Arc::new(ChannelSink {
             tx: Mutex::new(tx),
@@ -371,6 +397,14 @@ impl Vm {
         if cfg.rng {
             devices.push(Box::new(Rng::new()));
         }
+        let mut balloon = None;
+        if cfg.balloon {
+            let held_mib = cfg.ram_mib() - cfg.memory_mib;
+            let pages = u32::try_from((held_mib << 20) / BALLOON_PAGE).unwrap_or(u32::MAX);
+            let (dev, handle) = Balloon::new(pages);
+            devices.push(Box::new(dev));
+            balloon = Some(handle);
+        }
         let msi: Arc<dyn MsiSender> = Arc::new(KvmMsi { vm: vm_fd.clone() });
         let intx_lines = [5u32, 10, 11];
         let mut virtio = Vec::new();
@@ -477,6 +511,14 @@ impl Vm {
             },
         )?;
 
+        let affinity = (0..usize::from(cfg.vcpus))
+            .map(|i| {
+                (
+                    cfg.cpu_affinity.get(i).cloned().unwrap_or_default(),
+                    cfg.cpu_soft_affinity.get(i).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
         Ok(Self {
             cfg,
             _vm_fd: vm_fd,
@@ -496,6 +538,8 @@ impl Vm {
             _serial_backend_keep: keep,
             virtio,
             _stdin_guard: stdin_guard,
+            balloon,
+            affinity,
             ram: Some(ram),
         })
     }
@@ -506,9 +550,17 @@ impl Vm {
             let mmio = self.mmio.clone();
             let control = self.control.clone();
             let sink = self.sink.clone();
+            let tid = Arc::new(AtomicI32::new(0));
+            let tid2 = tid.clone();
+            let (hard, soft) = self.affinity.get(id).cloned().unwrap_or_default();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid2.store(unsafe { libc::gettid() }, AtomicOrdering::SeqCst);
+                    if let Err(e) = crate::affinity::apply_self(&hard, &soft) {
+                        tracing::warn!("vcpu{id}: CPU affinity {hard:?}: {e}");
+                    }
                     let ev: Arc<dyn GuestEventSink> = sink.clone();
                     let r = cpu::run_vcpu(fd, id as u8, pio, mmio, control, ev);
                     if let VcpuExitReason::Error(m) = &r {
@@ -517,7 +569,7 @@ impl Vm {
                     r
                 })
                 .map_err(io_err("spawn vCPU thread"))?;
-            self.vcpus.push(VcpuHandle { thread });
+            self.vcpus.push(VcpuHandle { thread, tid });
         }
         Ok(())
     }
@@ -563,14 +615,81 @@ impl Vm {
         }
     }
 
+    fn set_affinity(
+        &mut self,
+        vcpu: Option<u32>,
+        hard: Option<Vec<u32>>,
+        soft: Option<Vec<u32>>,
+    ) -> Result<(), String> {
+        let n = self.affinity.len();
+        let ids: Vec<usize> = match vcpu {
+            None => (0..n).collect(),
+            Some(v) if (v as usize) < n => vec![v as usize],
+            Some(v) => return Err(format!("vCPU {v} does not exist (the domain has {n})")),
+        };
+        for list in [&hard, &soft].into_iter().flatten() {
+            if let Some(c) = list.iter().find(|c| **c >= crate::affinity::MAX_CPU) {
+                return Err(format!("CPU {c} is out of range"));
+            }
+        }
+        for i in ids {
+            if let Some(h) = &hard {
+                if let Some(v) = self.vcpus.get(i) {
+                    let tid = v.tid.load(AtomicOrdering::SeqCst);
+                    if tid > 0 && !v.thread.is_finished() {
+                        crate::affinity::set(tid, h)
+                            .map_err(|e| format!("vCPU {i}: setting hard affinity {h:?}: {e}"))?;
+                    }
+                }
+                self.affinity[i].0 = h.clone();
+            }
+            if let Some(s) = &soft {
+                self.affinity[i].1 = s.clone();
+                // Soft affinity is a placement: move the thread onto hard ∩ soft now, then
+                // allow it the whole hard mask again.
+                let (h, s) = &self.affinity[i];
+                if let (Some(p), Some(v)) = (crate::affinity::placement(h, s), self.vcpus.get(i)) {
+                    let tid = v.tid.load(AtomicOrdering::SeqCst);
+                    if tid > 0 && !v.thread.is_finished() {
+                        let _ = crate::affinity::set(tid, &p);
+                        crate::affinity::set(tid, h)
+                            .map_err(|e| format!("vCPU {i}: restoring hard affinity: {e}"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_balloon(&mut self, target_kib: u64) -> Result<(), String> {
+        let Some(b) = &self.balloon else {
+            return Err("this domain has no balloon device".into());
+        };
+        let ram_kib = self.cfg.ram_mib() << 10;
+        if target_kib > ram_kib {
+            return Err(format!(
+                "target {target_kib} KiB is above the domain's maximum {ram_kib} KiB"
+            ));
+        }
+        let pages = (ram_kib - target_kib) / (BALLOON_PAGE / 1024);
+        b.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
     fn info(&self) -> Info {
         let vcpus = self
             .vcpus
             .iter()
             .enumerate()
-            .map(|(id, v)| VcpuInfo {
-                id: id as u8,
-                cpu_time_ns: thread_cpu_time(v.thread.as_pthread_t()),
+            .map(|(id, v)| {
+                let (hard, soft) = self.affinity.get(id).cloned().unwrap_or_default();
+                VcpuInfo {
+                    id: id as u8,
+                    cpu_time_ns: thread_cpu_time(v.thread.as_pthread_t()),
+                    tid: v.tid.load(AtomicOrdering::SeqCst),
+                    hard_affinity: hard,
+                    soft_affinity: soft,
+                }
             })
             .collect();
         Info {
@@ -585,6 +704,17 @@ impl Vm {
             vcpus,
             serial: self.serial_info.clone(),
             console: self.console_info.clone(),
+            balloon: self.balloon.as_ref().map(|b| {
+                let ram_kib = self.cfg.ram_mib() << 10;
+                let st = b.stats();
+                let page_kib = BALLOON_PAGE / 1024;
+                BalloonInfo {
+                    ram_kib,
+                    target_kib: ram_kib.saturating_sub(u64::from(st.target_pages) * page_kib),
+                    current_kib: ram_kib.saturating_sub(u64::from(st.actual_pages) * page_kib),
+                    driver_active: b.driver_active(),
+                }
+            }),
         }
     }
 
@@ -862,6 +992,14 @@ impl Vm {
                     c.subscribed = true;
                 }
                 server.reply(token, id, Ok(ok));
+            }
+            Command::SetAffinity { vcpu, hard, soft } => {
+                let r = self.set_affinity(vcpu, hard, soft);
+                server.reply(token, id, r.map(|()| ok));
+            }
+            Command::SetBalloon { target_kib } => {
+                let r = self.set_balloon(target_kib);
+                server.reply(token, id, r.map(|()| ok));
             }
         }
         None

@@ -7,6 +7,7 @@
 //! virtio-queue); any malformed queue state makes the worker stop and flag the device
 //! `DEVICE_NEEDS_RESET` instead of taking the VMM down.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod net;

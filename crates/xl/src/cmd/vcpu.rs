@@ -1,4 +1,4 @@
-//! vCPU commands (`vcpu-pin`; dry run only so far).
+//! vCPU commands: `vcpu-pin`, `vcpu-list`.
 
 use crate::cmdtable::Handler;
 
@@ -6,6 +6,9 @@ use crate::cmdtable::require_args;
 use crate::util::{getopt, host_info};
 use crate::Globals;
 use rxen_config::cpumap::parse_cpurange;
+use rxen_toolstack::cpumem::VcpuRow;
+use rxen_toolstack::Paths;
+use rxen_xenstore::Client;
 
 /// xl's `print_bitmap`: `all`, `none`, or ranges like `0-3,5`.
 pub fn format_cpumap(bits: &[u32], nb_cpu: u32) -> String {
@@ -86,7 +89,21 @@ pub fn main_vcpupin(g: &Globals, argv: &[String]) -> i32 {
         return 1;
     };
     if !g.dryrun {
-        return super::not_implemented("vcpu-pin");
+        let vcpu_id = if vcpu == "all" {
+            None
+        } else {
+            match vcpu.parse::<u32>() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    eprintln!("Error: Invalid argument {vcpu} as VCPU.");
+                    return 1;
+                }
+            }
+        };
+        let soft = if ops.len() > 4 { soft } else { None };
+        return with_host(|paths, xs| {
+            rxen_toolstack::cpumem::vcpu_pin(paths, xs, &ops[1], vcpu_id, hard, soft)
+        });
     }
     let mut out = String::from("cpumap: ");
     match &hard {
@@ -104,10 +121,141 @@ pub fn main_vcpupin(g: &Globals, argv: &[String]) -> i32 {
     0
 }
 
+/// Connects to this host's services and runs `f`; prints the error chain on failure.
+pub(crate) fn with_host(f: impl FnOnce(&Paths, &Client) -> rxen_toolstack::Result<()>) -> i32 {
+    let paths = Paths::from_env();
+    let r = rxen_toolstack::connect_xenstore(&paths).and_then(|xs| f(&paths, &xs));
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("xl: {}", chain(&e));
+            1
+        }
+    }
+}
+
+/// An error with its causes, one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// `xl vcpu-list`'s header (`"%-32s %5s %5s %5s %5s %9s %s"`).
+pub fn vcpu_list_header() -> String {
+    format!(
+        "{:<32} {:>5} {:>5} {:>5} {:>5} {:>9} {}",
+        "Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity (Hard / Soft)"
+    )
+}
+
+/// One `xl vcpu-list` row, as Xen's `print_vcpuinfo` prints it.
+pub fn vcpu_list_row(r: &VcpuRow, nr_cpus: u32) -> String {
+    let mut s = format!("{:<32} {:>5} {:>5}", r.name, r.domid, r.vcpu);
+    if r.online {
+        s.push_str(&format!(
+            "{:>5} {:>3}{}- ",
+            r.cpu,
+            if r.running { 'r' } else { '-' },
+            if r.blocked { 'b' } else { '-' }
+        ));
+    } else {
+        s.push_str(&format!("{:>5} {:>3}{}p ", '-', '-', '-'));
+    }
+    let all: Vec<u32> = (0..nr_cpus).collect();
+    let map = |m: &[u32]| format_cpumap(if m.is_empty() { &all } else { m }, nr_cpus);
+    s.push_str(&format!(
+        "{:>9.1}  {} / {}",
+        r.secs,
+        map(&r.hard),
+        map(&r.soft)
+    ));
+    s
+}
+
+/// Online host CPUs (xl's `physinfo.nr_cpus`).
+pub fn nr_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// `xl vcpu-list [Domain, ...]`
+pub fn main_vcpulist(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, operands) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(_) => return 2,
+    };
+    if !opts.is_empty() {
+        crate::cmdtable::help(Some("vcpu-list"));
+        return 2;
+    }
+    with_host(|paths, xs| {
+        let rows = rxen_toolstack::cpumem::vcpu_list(paths, xs, &operands)?;
+        let n = nr_cpus();
+        println!("{}", vcpu_list_header());
+        for r in &rows {
+            println!("{}", vcpu_list_row(r, n));
+        }
+        Ok(())
+    })
+}
+
 /// This group's handler for `name`, if it implements that command.
 pub fn handler(name: &str) -> Option<Handler> {
     Some(match name {
+        "vcpu-list" => main_vcpulist,
         "vcpu-pin" => main_vcpupin,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, domid: u32, vcpu: u32, cpu: u32, st: (bool, bool), secs: f64) -> VcpuRow {
+        VcpuRow {
+            name: name.into(),
+            domid,
+            vcpu,
+            online: true,
+            cpu,
+            running: st.0,
+            blocked: st.1,
+            secs,
+            hard: vec![],
+            soft: vec![],
+        }
+    }
+
+    /// Captured from Debian's Xen 4.17 xl (tools/xen-ref, FAKE_DOMAINS=1, 2 host CPUs).
+    #[test]
+    fn vcpu_list_matches_xen() {
+        let want = "Name                                ID  VCPU   CPU State   Time(s) Affinity (Hard / Soft)\n\
+                    Domain-0                             0     0    0   r--       1.5  all / all\n\
+                    Domain-0                             0     1    1   -b-       3.0  all / all\n\
+                    guest3                               3     0    0   -b-       4.5  0 / all\n";
+        let mut g3 = row("guest3", 3, 0, 0, (false, true), 4.5);
+        g3.hard = vec![0];
+        let got = [
+            vcpu_list_header(),
+            vcpu_list_row(&row("Domain-0", 0, 0, 0, (true, false), 1.5), 2),
+            vcpu_list_row(&row("Domain-0", 0, 1, 1, (false, true), 3.0), 2),
+            vcpu_list_row(&g3, 2),
+        ]
+        .join("\n")
+            + "\n";
+        assert_eq!(got, want);
+        let mut off = row("g", 7, 1, 0, (false, false), 0.0);
+        off.online = false;
+        off.soft = vec![1, 2, 3, 5];
+        assert_eq!(
+            vcpu_list_row(&off, 8),
+            "g                                    7     1    -   --p       0.0  all / 1-3,5"
+        );
+    }
 }
