@@ -41,6 +41,17 @@ pub enum Command {
     Destroy,
     /// Receive events on this connection.
     Subscribe,
+    /// Insert a medium into a CD-ROM drive (`path`), or eject it (`path` absent).
+    ChangeMedia {
+        /// The drive: its vdev (`hdc`) or its index among the disks.
+        disk: String,
+        /// The new image; absent to eject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<std::path::PathBuf>,
+        /// Its format (default: the drive's configured format).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::config::DiskFormat>,
+    },
 }
 
 /// A request line.
