@@ -171,8 +171,6 @@ pub struct Vm {
     console_info: ConsoleInfo,
     _serial_backend_keep: Vec<console::ConsoleBackend>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
-    /// Medium handles of the disks, in `cfg.disks` order (CD-ROM insert/eject).
-    media: Vec<rxen_devices::virtio::block::MediaHandle>,
     _stdin_guard: Option<console::StdinRawGuard>,
     /// Host mappings of guest RAM: declared last so they are unmapped after everything else.
     ram: Option<boot::RamMappings>,
@@ -345,7 +343,6 @@ impl Vm {
             devices.push(Box::new(Console::new(out, be.input.take())));
             keep.push(be);
         }
-        let mut media = Vec::new();
         for (i, d) in cfg.disks.iter().enumerate() {
             let blk = Block::from_config(&d.block_config(), i).map_err(|e| VmError::Device {
                 what: format!(
@@ -356,7 +353,6 @@ impl Vm {
                 ),
                 reason: e.to_string(),
             })?;
-            media.push(blk.media_handle());
             devices.push(Box::new(blk));
         }
         for (i, n) in cfg.nets.iter().enumerate() {
@@ -497,7 +493,6 @@ impl Vm {
             console_info: console_info_v,
             _serial_backend_keep: keep,
             virtio,
-            media,
             _stdin_guard: stdin_guard,
             ram: Some(ram),
         })
@@ -891,9 +886,11 @@ impl Vm {
                 "disk {disk} is not a CD-ROM drive (no removable medium)"
             ));
         }
-        let handle = self
-            .media
-            .get(idx)
+        let key = self.cfg.disks[idx]
+            .vdev
+            .clone()
+            .unwrap_or_else(|| format!("#{idx}"));
+        let handle = rxen_devices::virtio::block::media_handle(&key)
             .ok_or_else(|| format!("disk {disk} has no device"))?;
         let mut d = self.cfg.disks[idx].clone();
         d.path = path.clone().unwrap_or_default();

@@ -85,6 +85,21 @@ impl Media {
     }
 }
 
+/// Removable drives of this process by name, so the VMM's control API can reach them without
+/// keeping references to the devices (which the transport owns).
+static REMOVABLE: Mutex<Vec<(String, std::sync::Weak<Media>)>> = Mutex::new(Vec::new());
+
+/// The removable drive registered as `name` (its vdev, or `#N` for disk index N without one).
+pub fn media_handle(name: &str) -> Option<MediaHandle> {
+    let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(_, w)| w.strong_count() > 0);
+    r.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, w)| w.upgrade())
+        .map(MediaHandle)
+}
+
 /// Changes the medium of a removable disk at run time (`xl cd-insert` / `cd-eject`).
 #[derive(Clone)]
 pub struct MediaHandle(Arc<Media>);
@@ -162,13 +177,14 @@ impl Block {
         } else {
             cfg.serial.clone()
         };
-        Ok(Self::with_backend(
-            backend,
-            read_only,
-            cfg.removable,
-            &serial,
-            index,
-        ))
+        let blk = Self::with_backend(backend, read_only, cfg.removable, &serial, index);
+        if cfg.removable {
+            let name = cfg.spec.clone().unwrap_or_else(|| format!("#{index}"));
+            let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
+            r.retain(|(_, w)| w.strong_count() > 0);
+            r.push((name, Arc::downgrade(&blk.media)));
+        }
+        Ok(blk)
     }
 
     /// Creates a disk over `backend` (`None`: empty removable drive).
@@ -596,11 +612,14 @@ mod tests {
             &BlockConfig {
                 path: None,
                 removable: true,
+                spec: Some("hdc-test".into()),
                 ..Default::default()
             },
             0,
         )
         .unwrap();
+        assert!(media_handle("hdc-test").is_some());
+        assert!(media_handle("nope").is_none());
         let cap = |b: &Block| {
             let mut d = [0u8; 8];
             b.read_config(0, &mut d);
@@ -616,5 +635,8 @@ mod tests {
         h.change(None);
         assert_eq!(cap(&blk), 0);
         assert!(h.info().is_none());
+        drop(blk);
+        drop(h);
+        assert!(media_handle("hdc-test").is_none());
     }
 }
