@@ -189,13 +189,33 @@ fn e2e_storage_qcow2_overlay_phy_and_cdrom() {
     );
 
     step("a second domain cannot open the same writable image");
+    assert!(host.list_row("stor").is_some(), "stor is gone");
+    let diag = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "for p in $(pgrep -f 'rxen-vmm --config {}'); do echo pid $p; ls -l /proc/$p/fd; \
+                 grep -H lock: /proc/$p/fdinfo/*; done; tail -20 {}/var/log/xen/rxen-vmm-stor.log",
+                host.root.display(),
+                host.root.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let diag = text(&diag);
     let cfg2 = host.write_cfg(
         "thief",
         &format!("disk = [ 'tap:qcow2:{},xvda,w' ]", overlay.display()),
         &assets,
     );
     let o = host.xl(&["create", cfg2.to_str().unwrap()]);
-    assert!(!o.status.success(), "second writer started: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "second writer started: {}\nbefore: {diag}\nthief log: {}",
+        text(&o),
+        std::fs::read_to_string(host.root.join("var/log/xen/rxen-vmm-thief.log"))
+            .unwrap_or_default()
+    );
     assert!(host.list_row("thief").is_none());
 
     step("shutdown, then check on the host");

@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rxen_block::{DiskBackend, DiskInfo, FormatChoice, IoBuf};
@@ -76,6 +77,8 @@ struct MediaInner {
 
 struct Media {
     inner: Mutex<MediaInner>,
+    /// Size of the current medium, readable without waiting for an in-flight request.
+    size: AtomicU64,
     interrupt: Mutex<Option<Arc<dyn VirtioInterrupt>>>,
 }
 
@@ -108,7 +111,12 @@ impl MediaHandle {
     /// Replaces the medium (`None` ejects it) and tells the guest (config-change interrupt).
     /// The previous backend is flushed and closed (its lock released) before this returns.
     pub fn change(&self, backend: Option<Box<dyn DiskBackend>>) {
-        let old = std::mem::replace(&mut self.0.lock().backend, backend);
+        let size = backend.as_ref().map(|b| b.info().size).unwrap_or(0);
+        let old = {
+            let mut m = self.0.lock();
+            self.0.size.store(size, Ordering::SeqCst);
+            std::mem::replace(&mut m.backend, backend)
+        };
         drop(old);
         if let Some(i) = self
             .0
@@ -208,8 +216,10 @@ impl Block {
                 .map(|b| b.info().discard_granularity)
                 .unwrap_or(0)
         };
+        let size = backend.as_ref().map(|b| b.info().size).unwrap_or(0);
         Self {
             media: Arc::new(Media {
+                size: AtomicU64::new(size),
                 inner: Mutex::new(MediaInner { backend }),
                 interrupt: Mutex::new(None),
             }),
@@ -233,13 +243,7 @@ impl Block {
     }
 
     fn config(&self) -> Vec<u8> {
-        let size = self
-            .media
-            .lock()
-            .backend
-            .as_ref()
-            .map(|b| b.info().size)
-            .unwrap_or(0);
+        let size = self.media.size.load(Ordering::SeqCst);
         let mut c = vec![0u8; 60];
         c[0..8].copy_from_slice(&(size / SECTOR).to_le_bytes());
         c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
