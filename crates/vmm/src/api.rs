@@ -52,6 +52,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<crate::config::DiskFormat>,
     },
+    /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
+    Nmi {
+        /// vCPU index.
+        #[serde(default)]
+        vcpu: u8,
+    },
 }
 
 /// A request line.

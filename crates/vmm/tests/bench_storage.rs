@@ -111,8 +111,7 @@ fn benchmark_storage_throughput() {
                         "file={},if=none,id=b{i},format={f},readonly=on,cache=writeback",
                         p.display()
                     ));
-                    cmd.arg("-device")
-                        .arg(format!("virtio-blk-pci,drive=b{i}"));
+                    cmd.arg("-device").arg(format!("virtio-blk-pci,drive=b{i}"));
                 }
             }
         }
@@ -147,7 +146,9 @@ fn benchmark_storage_throughput() {
         let _ = g.wait_exit(Duration::from_secs(60));
     }
 
-    eprintln!("\n=== storage benchmark ({mib} MiB image in the test host's RAM, medians of {iters})");
+    eprintln!(
+        "\n=== storage benchmark ({mib} MiB image in the test host's RAM, medians of {iters})"
+    );
     eprintln!("host: sequential {host_seq:.1} MB/s, 4k {host_4k:.1} MB/s");
     eprintln!(
         "| VMM | format | seq MB/s | seq vs host | seq vs QEMU | 4k MB/s | 4k IOPS | 4k vs host | 4k vs QEMU |"

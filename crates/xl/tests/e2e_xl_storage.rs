@@ -89,9 +89,11 @@ fn guest_wait_size(g: &mut Guest, dev: &str, want: u64) -> String {
     .to_string()
 }
 
+/// One test (one isolated host: the helpers name the host directory after the process) for all
+/// storage scenarios.
 #[test]
 #[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e)"]
-fn e2e_storage_qcow2_overlay_phy_and_cdrom() {
+fn e2e_storage_qcow2_phy_cdrom_and_fsync_kill_9() {
     require_linux_kvm().unwrap();
     let assets = Assets::get().unwrap();
     let host = Host::start();
@@ -248,14 +250,13 @@ fn e2e_storage_qcow2_overlay_phy_and_cdrom() {
         vdb_md5,
         "guest data on the loop device"
     );
+
+    step("fsync survives kill -9");
+    fsync_survives_kill_9(&host, &assets);
 }
 
-#[test]
-#[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e)"]
-fn e2e_storage_fsync_survives_kill_9() {
-    require_linux_kvm().unwrap();
-    let assets = Assets::get().unwrap();
-    let host = Host::start();
+/// Data a guest `fsync`ed survives `kill -9` of the VMM (raw and qcow2).
+fn fsync_survives_kill_9(host: &Host, assets: &Assets) {
     let dir = host.root.join("images");
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("d.raw");
@@ -269,7 +270,7 @@ fn e2e_storage_fsync_survives_kill_9() {
             raw.display(),
             q.display()
         ),
-        &assets,
+        assets,
     );
     let mut g = Guest::spawn(
         host.command("xl", &["create", "-c", cfg.to_str().unwrap()]),
