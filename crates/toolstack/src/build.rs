@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rxen_config::model::{ActionOnShutdown, DiskFormat, DomainConfig, DomainType};
+use rxen_vmm::config::DiskFormat as VmDiskFormat;
 use rxen_vmm::config::{ConsoleConfig, ConsoleMode, DiskConfig, NetConfig, RtcConfig};
 use rxen_vmm::VmConfig;
 
@@ -86,6 +87,71 @@ pub fn translate_root(cmdline: &str, vdevs: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How a disk spec names itself in messages: `xvda (/images/a.qcow2)`.
+fn disk_label(d: &rxen_config::model::DeviceDisk) -> String {
+    let vdev = d.vdev.clone().unwrap_or_default();
+    match d.pdev_path.as_deref() {
+        Some(p) if !p.is_empty() => format!("{vdev} ({p})"),
+        _ => vdev,
+    }
+}
+
+/// Translate one xl.cfg disk (`phy:`, `file:`, `tap:aio:`, `tap:qcow2:`, `format=`, `access=`,
+/// `devtype=cdrom`, …) into the VMM's disk, or say why rxen cannot serve it.
+pub fn disk_config(d: &rxen_config::model::DeviceDisk) -> std::result::Result<DiskConfig, String> {
+    use rxen_config::model::DiskBackend;
+    let label = disk_label(d);
+    let vdev = d.vdev.clone().unwrap_or_default();
+    let cdrom = d.is_cdrom != 0;
+    let format = match d.format {
+        DiskFormat::Raw | DiskFormat::Unknown => VmDiskFormat::Raw,
+        DiskFormat::Qcow2 => VmDiskFormat::Qcow2,
+        DiskFormat::Empty if cdrom => VmDiskFormat::Raw,
+        other => {
+            return Err(format!(
+                "disk {label}: format {} is not supported by rxen (raw and qcow2 only; \
+                 convert it with qemu-img convert -O qcow2)",
+                other.as_str()
+            ))
+        }
+    };
+    if d.backend == DiskBackend::Standalone {
+        return Err(format!(
+            "disk {label}: backendtype=standalone is not supported by rxen (its VMM serves \
+             disks itself: use backendtype=phy, tap or qdisk, or leave it out)"
+        ));
+    }
+    if let Some(script) = d.script.as_deref().filter(|s| !s.is_empty()) {
+        let base = script.rsplit('/').next().unwrap_or(script);
+        if base != "block" {
+            return Err(format!(
+                "disk {label}: script={script} is not supported by rxen (block scripts such as \
+                 block-iscsi or block-drbd are not run; give the device or image path directly)"
+            ));
+        }
+    }
+    let path = d.pdev_path.clone().unwrap_or_default();
+    let path = if path.is_empty() || path.starts_with('/') {
+        path
+    } else {
+        format!("/dev/{path}")
+    };
+    if path.is_empty() && !cdrom {
+        return Err(format!("disk {label}: no target (image or device) given"));
+    }
+    if !path.is_empty() && !Path::new(&path).exists() {
+        return Err(format!("disk {label}: {path}: no such file or device"));
+    }
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        readonly: d.readwrite == 0 || cdrom,
+        format,
+        cdrom,
+        vdev: (!vdev.is_empty()).then_some(vdev),
+        serial: None,
+    })
 }
 
 /// Xen's action keyword for an `ActionOnShutdown` (as xl.cfg spells it).
@@ -255,37 +321,15 @@ pub fn build_job(
         localtime: b.localtime.unwrap_or(false),
         timeoffset_secs: i64::from(b.rtc_timeoffset as i32),
     };
-    for d in &cfg.disks {
-        let vdev = d.vdev.clone().unwrap_or_default();
-        if d.is_cdrom != 0 {
-            return Err(unsupported(format!(
-                "disk {vdev}: CD-ROM devices are not supported by rxen yet"
-            )));
-        }
-        match d.format {
-            DiskFormat::Raw | DiskFormat::Unknown => {}
-            other => {
-                return Err(unsupported(format!(
-                    "disk {vdev}: format {} is not supported by rxen yet (raw only)",
-                    other.as_str()
-                )))
-            }
-        }
-        let path = d.pdev_path.clone().unwrap_or_default();
-        let path = if path.starts_with('/') {
-            path
-        } else {
-            format!("/dev/{path}")
-        };
-        if !Path::new(&path).exists() {
-            return Err(unsupported(format!(
-                "disk {vdev}: {path}: no such file or device"
-            )));
-        }
-        vm.disks.push(DiskConfig {
-            path: PathBuf::from(path),
-            readonly: d.readwrite == 0,
-        });
+    // Hard disks first, in config order, then CD-ROM drives: the guest names virtio disks in PCI
+    // order (vda, vdb, …), so `root=` translation (which counts hard disks only) stays right.
+    let ordered = cfg
+        .disks
+        .iter()
+        .filter(|d| d.is_cdrom == 0)
+        .chain(cfg.disks.iter().filter(|d| d.is_cdrom != 0));
+    for d in ordered {
+        vm.disks.push(disk_config(d).map_err(unsupported)?);
     }
     let mut vifs = Vec::new();
     for (i, n) in cfg.nics.iter().enumerate() {
@@ -345,6 +389,61 @@ pub fn build_job(
 #[cfg(test)]
 mod tests {
     use super::translate_root;
+
+    fn disk(spec: &str) -> Result<rxen_vmm::config::DiskConfig, String> {
+        let mut diag = vec![];
+        let d = rxen_config::disk::parse_disk("t.cfg", &[spec], &mut diag)
+            .unwrap_or_else(|_| panic!("{spec}: {diag:?}"));
+        super::disk_config(&d)
+    }
+
+    #[test]
+    fn xl_disk_specs_translate_or_are_refused_by_name() {
+        use rxen_vmm::config::DiskFormat;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, b"x").unwrap();
+        let p = img.display();
+        for (spec, fmt, ro) in [
+            (format!("file:{p},xvda,w"), DiskFormat::Raw, false),
+            (format!("tap:aio:{p},xvda1,w"), DiskFormat::Raw, false),
+            (format!("tap:qcow2:{p},xvdb,r"), DiskFormat::Qcow2, true),
+            (
+                format!("format=qcow2,vdev=xvdc,access=ro,target={p}"),
+                DiskFormat::Qcow2,
+                true,
+            ),
+            (format!("phy:{p},hda,w"), DiskFormat::Raw, false),
+            (format!("{p},raw,xvdd,rw"), DiskFormat::Raw, false),
+        ] {
+            let d = disk(&spec).unwrap();
+            assert_eq!((d.format, d.readonly, d.cdrom), (fmt, ro, false), "{spec}");
+            assert_eq!(d.path, img, "{spec}");
+        }
+        let c = disk(&format!("file:{p},hdc:cdrom,r")).unwrap();
+        assert!(c.cdrom && c.readonly && c.vdev.as_deref() == Some("hdc"));
+        let e = disk(",hdc:cdrom,r").unwrap();
+        assert!(e.cdrom && e.path.as_os_str().is_empty());
+        let c = disk(&format!("vdev=xvdz,devtype=cdrom,target={p}")).unwrap();
+        assert!(c.cdrom);
+        for (spec, needle) in [
+            (format!("{p},vhd,xvda,w"), "format vhd is not supported"),
+            (format!("{p},qed,xvda,w"), "format qed is not supported"),
+            (format!("{p},qcow,xvda,w"), "format qcow is not supported"),
+            (
+                format!("backendtype=standalone,vdev=xvda,target={p}"),
+                "standalone",
+            ),
+            (
+                format!("script=block-iscsi,vdev=xvda,target={p}"),
+                "script=block-iscsi",
+            ),
+            ("/nonexistent.img,raw,xvda,w".to_string(), "no such file"),
+        ] {
+            let e = disk(&spec).unwrap_err();
+            assert!(e.contains(needle) && e.contains("xvda"), "{spec}: {e}");
+        }
+    }
 
     #[test]
     fn root_follows_the_disk_order() {

@@ -455,3 +455,107 @@ mod trigger_tests {
         assert_eq!(Trigger::parse(""), None);
     }
 }
+
+/// Xen's device number of a virtual disk name (xen-vbd-interface(7)): `xvdX[N]`, `hdX[N]`,
+/// `sdX[N]`, or a plain number.
+fn vbd_devid(vdev: &str) -> Option<u32> {
+    if let Ok(n) = vdev.parse::<u32>() {
+        return Some(n);
+    }
+    let (prefix, rest) = ["xvd", "hd", "sd"]
+        .iter()
+        .find_map(|p| vdev.strip_prefix(p).map(|r| (*p, r)))?;
+    let letters: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase())
+        .collect();
+    let part: u32 = match &rest[letters.len()..] {
+        "" => 0,
+        p => p.parse().ok()?,
+    };
+    let mut disk: u32 = 0;
+    for c in letters.chars() {
+        disk = disk
+            .checked_mul(26)?
+            .checked_add(u32::from(c as u8 - b'a') + 1)?;
+    }
+    let disk = disk.checked_sub(1)?;
+    match prefix {
+        "xvd" if disk < 16 && part < 16 => Some((202 << 8) | (disk << 4) | part),
+        "xvd" if part < 256 => Some((1 << 28) | (disk << 8) | part),
+        "hd" if disk < 4 && part < 64 => {
+            Some(([3u32, 22][disk as usize / 2] << 8) | ((disk % 2) << 6) | part)
+        }
+        "sd" if disk < 16 && part < 16 => Some((8 << 8) | (disk << 4) | part),
+        _ => None,
+    }
+}
+
+/// `xl cd-insert` (`target = Some`) / `xl cd-eject` (`None`): changes the medium of the CD-ROM
+/// drive `vdev` of a running domain. The VMM swaps the backend and interrupts the guest; the
+/// drive's backend `params` node in xenstore follows, as in Xen.
+pub fn cd_change(
+    paths: &Paths,
+    xs: &Client,
+    arg: &str,
+    vdev: &str,
+    target: Option<&str>,
+) -> Result<()> {
+    let r = registry::resolve(xs, arg)?;
+    if r.domid == 0 {
+        return Err(Error::Other("Domain-0 has no virtual CD-ROM drives".into()));
+    }
+    // The target may carry xl's deprecated prefixes (file:, phy:, aio:, tap:aio:, raw:, qcow2:).
+    let mut format = None;
+    let target = target.filter(|t| !t.is_empty()).map(|t| {
+        let mut t = t;
+        while let Some((p, rest)) = t.split_once(':') {
+            match p {
+                "file" | "phy" | "aio" | "tap" | "tap2" | "tapdisk" | "raw" => {}
+                "qcow2" => format = Some(rxen_vmm::config::DiskFormat::Qcow2),
+                "vhd" | "qcow" | "qed" => format = Some(rxen_vmm::config::DiskFormat::Auto),
+                _ => break,
+            }
+            t = rest;
+        }
+        t.to_string()
+    });
+    if let Some(t) = &target {
+        if !std::path::Path::new(t).exists() {
+            return Err(Error::Other(format!("{t}: no such file or device")));
+        }
+    }
+    api(paths, r.domid)?
+        .request(ApiCmd::ChangeMedia {
+            disk: vdev.to_string(),
+            path: target.clone().map(PathBuf::from),
+            format,
+        })
+        .map_err(|source| Error::Vmm {
+            domid: r.domid,
+            source,
+        })?;
+    if let Some(devid) = vbd_devid(vdev) {
+        let be = format!("/local/domain/0/backend/vbd/{}/{devid}", r.domid);
+        if xs.read(&format!("{be}/params")).is_ok() {
+            xs.write(&format!("{be}/params"), target.as_deref().unwrap_or(""))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod cd_tests {
+    #[test]
+    fn vbd_devids_follow_xen() {
+        assert_eq!(super::vbd_devid("xvda"), Some(51712));
+        assert_eq!(super::vbd_devid("xvdb1"), Some(51729));
+        assert_eq!(super::vbd_devid("hda"), Some(768));
+        assert_eq!(super::vbd_devid("hdc"), Some(5632));
+        assert_eq!(super::vbd_devid("sda"), Some(2048));
+        assert_eq!(super::vbd_devid("5632"), Some(5632));
+        assert_eq!(super::vbd_devid("xvdaa"), Some((1 << 28) | (26 << 8)));
+        assert_eq!(super::vbd_devid("nvme0"), None);
+        assert_eq!(super::vbd_devid("hdz"), None);
+    }
+}

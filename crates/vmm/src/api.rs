@@ -59,6 +59,17 @@ pub enum Command {
         /// Memory the guest should keep, KiB.
         target_kib: u64,
     },
+    /// Insert a medium into a CD-ROM drive (`path`), or eject it (`path` absent).
+    ChangeMedia {
+        /// The drive: its vdev (`hdc`) or its index among the disks.
+        disk: String,
+        /// The new image; absent to eject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<std::path::PathBuf>,
+        /// Its format (default: the drive's configured format).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::config::DiskFormat>,
+    },
     /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
     Nmi {
         /// vCPU index.

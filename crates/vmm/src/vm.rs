@@ -1,7 +1,7 @@
 //! Building a domain from a [`VmConfig`] and running it: the VMM thread's event loop.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -370,16 +370,14 @@ impl Vm {
             keep.push(be);
         }
         for (i, d) in cfg.disks.iter().enumerate() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(!d.readonly)
-                .open(&d.path)
-                .map_err(io_err(format!("open disk {}", d.path.display())))?;
-            let blk = Block::new(file, d.readonly, &format!("rxen-disk{i}"), i).map_err(|e| {
-                VmError::Device {
-                    what: format!("disk {}", d.path.display()),
-                    reason: e.to_string(),
-                }
+            let blk = Block::from_config(&d.block_config(), i).map_err(|e| VmError::Device {
+                what: format!(
+                    "disk {}",
+                    d.vdev
+                        .clone()
+                        .unwrap_or_else(|| d.path.display().to_string())
+                ),
+                reason: e.to_string(),
             })?;
             devices.push(Box::new(blk));
         }
@@ -1001,8 +999,70 @@ impl Vm {
                 let r = self.set_balloon(target_kib);
                 server.reply(token, id, r.map(|()| ok));
             }
+            Command::ChangeMedia { disk, path, format } => {
+                let r = self.change_media(&disk, path, format);
+                server.reply(token, id, r);
+            }
         }
         None
+    }
+}
+
+impl Vm {
+    /// Inserts (`path`) or ejects (`None`) the medium of the CD-ROM drive `disk` (its vdev or
+    /// index); the guest gets a configuration-change interrupt and re-reads the capacity.
+    fn change_media(
+        &mut self,
+        disk: &str,
+        path: Option<PathBuf>,
+        format: Option<crate::config::DiskFormat>,
+    ) -> Result<serde_json::Value, String> {
+        let idx = self
+            .cfg
+            .disks
+            .iter()
+            .position(|d| d.vdev.as_deref() == Some(disk))
+            .or_else(|| {
+                disk.parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < self.cfg.disks.len())
+            })
+            .ok_or_else(|| format!("no disk {disk}"))?;
+        if !self.cfg.disks[idx].cdrom {
+            return Err(format!(
+                "disk {disk} is not a CD-ROM drive (no removable medium)"
+            ));
+        }
+        let key = self.cfg.disks[idx]
+            .vdev
+            .clone()
+            .unwrap_or_else(|| format!("#{idx}"));
+        let handle = rxen_devices::virtio::block::media_handle(&key)
+            .ok_or_else(|| format!("disk {disk} has no device"))?;
+        let mut d = self.cfg.disks[idx].clone();
+        d.path = path.clone().unwrap_or_default();
+        if let Some(f) = format {
+            d.format = f;
+        }
+        match &path {
+            None => handle.change(None),
+            Some(_) => {
+                let bc = d.block_config();
+                let mut opts = rxen_devices::virtio::block::rxen_block::DiskOptions::new(&d.path)
+                    .format(bc.format)
+                    .read_only(true);
+                opts.spec = Some(disk.to_string());
+                // Eject first so the drive never holds two images (and a re-insert of the same
+                // image does not conflict with its own lock).
+                handle.change(None);
+                let be = rxen_devices::virtio::block::rxen_block::open(&opts)
+                    .map_err(|e| e.to_string())?;
+                handle.change(Some(be));
+            }
+        }
+        self.cfg.disks[idx] = d;
+        let size = handle.info().map(|i| i.size).unwrap_or(0);
+        Ok(serde_json::json!({"disk": disk, "path": path, "size": size}))
     }
 }
 

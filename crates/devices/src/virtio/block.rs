@@ -1,12 +1,24 @@
-//! virtio-blk backed by a raw image file.
+//! virtio-blk over an `rxen-block` disk backend (raw file, block device, qcow2).
+//!
+//! Requests are served by the device's worker thread, one at a time, in ring order: data moves
+//! between guest memory and the backend with vectored I/O (`preadv`/`pwritev` straight into guest
+//! RAM for raw images and block devices). `VIRTIO_BLK_T_FLUSH` completes only after the backend's
+//! flush (`fdatasync`, or qcow2 metadata write-out + `fsync`) returned, so a guest `fsync` is
+//! durable on the host when the guest sees it complete.
+//!
+//! Removable media (CD-ROMs): the backend sits behind a [`MediaHandle`]; swapping it (or
+//! ejecting it: no backend, capacity 0) raises a configuration-change interrupt, on which Linux
+//! re-reads the capacity.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use rxen_block::{DiskBackend, DiskInfo, FormatChoice, IoBuf};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
@@ -15,60 +27,236 @@ use super::{
 };
 use crate::GuestMemoryMmap;
 
+pub use rxen_block;
+
 const SECTOR: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
 const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
 const SEG_MAX: u32 = 126;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
-const CHUNK: usize = 64 * 1024;
+/// Largest discard / write-zeroes request, in sectors (1 GiB).
+const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// Largest data transfer of one request (the guest cannot make us touch more).
+const MAX_DATA: u64 = 64 << 20;
 /// Length of the serial string returned by GET_ID.
 pub const ID_LEN: usize = 20;
 
+/// How to build a disk (the VMM's disk config in device terms).
+#[derive(Clone, Debug, Default)]
+pub struct BlockConfig {
+    /// Image or block device; `None` is an empty removable drive.
+    pub path: Option<PathBuf>,
+    /// Image format.
+    pub format: FormatChoice,
+    /// Read-only.
+    pub read_only: bool,
+    /// Removable medium (CD-ROM): always read-only, media can change at run time.
+    pub removable: bool,
+    /// Serial number reported by GET_ID (at most 20 bytes are used).
+    pub serial: String,
+    /// The disk as the user named it (vdev or xl spec), for error messages.
+    pub spec: Option<String>,
+}
+
+struct MediaInner {
+    backend: Option<Box<dyn DiskBackend>>,
+}
+
+struct Media {
+    inner: Mutex<MediaInner>,
+    /// Size of the current medium, readable without waiting for an in-flight request.
+    size: AtomicU64,
+    interrupt: Mutex<Option<Arc<dyn VirtioInterrupt>>>,
+}
+
+impl Media {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MediaInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Removable drives of this process by name, so the VMM's control API can reach them without
+/// keeping references to the devices (which the transport owns).
+static REMOVABLE: Mutex<Vec<(String, std::sync::Weak<Media>)>> = Mutex::new(Vec::new());
+
+/// The removable drive registered as `name` (its vdev, or `#N` for disk index N without one).
+pub fn media_handle(name: &str) -> Option<MediaHandle> {
+    let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
+    r.retain(|(_, w)| w.strong_count() > 0);
+    r.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, w)| w.upgrade())
+        .map(MediaHandle)
+}
+
+/// Changes the medium of a removable disk at run time (`xl cd-insert` / `cd-eject`).
+#[derive(Clone)]
+pub struct MediaHandle(Arc<Media>);
+
+impl MediaHandle {
+    /// Replaces the medium (`None` ejects it) and tells the guest (config-change interrupt).
+    /// The previous backend is flushed and closed (its lock released) before this returns.
+    pub fn change(&self, backend: Option<Box<dyn DiskBackend>>) {
+        let size = backend.as_ref().map(|b| b.info().size).unwrap_or(0);
+        let old = {
+            let mut m = self.0.lock();
+            self.0.size.store(size, Ordering::SeqCst);
+            std::mem::replace(&mut m.backend, backend)
+        };
+        drop(old);
+        if let Some(i) = self
+            .0
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            i.notify_config();
+        }
+    }
+
+    /// What is inserted now.
+    pub fn info(&self) -> Option<DiskInfo> {
+        self.0.lock().backend.as_ref().map(|b| b.info().clone())
+    }
+}
+
 /// virtio-blk device.
 pub struct Block {
-    file: File,
-    size: u64,
+    media: Arc<Media>,
     read_only: bool,
+    removable: bool,
+    discard: u32,
     id: [u8; ID_LEN],
     index: usize,
     worker: Option<Worker>,
 }
 
 impl Block {
-    /// Creates a disk over `file`. `id` is reported to the guest as its serial number.
+    /// Creates a disk over an already open raw image `file` (no locking; prefer
+    /// [`Block::from_config`]). `id` is reported to the guest as its serial number.
     pub fn new(file: File, read_only: bool, id: &str, index: usize) -> Result<Self, VirtioError> {
-        let size = file
-            .metadata()
-            .map_err(|source| VirtioError::Io {
-                what: "disk metadata",
-                source,
-            })?
-            .len();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let raw = rxen_block::raw::RawDisk::new(file, &path, read_only, id)?;
+        Ok(Self::with_backend(
+            Some(Box::new(raw)),
+            read_only,
+            false,
+            id,
+            index,
+        ))
+    }
+
+    /// Opens (and locks) the disk described by `cfg`; `index` names the device (`virtio-blkN`).
+    pub fn from_config(cfg: &BlockConfig, index: usize) -> Result<Self, VirtioError> {
+        let read_only = cfg.read_only || cfg.removable;
+        let backend = match &cfg.path {
+            Some(p) if !p.as_os_str().is_empty() => {
+                let mut opts = rxen_block::DiskOptions::new(p)
+                    .format(cfg.format)
+                    .read_only(read_only);
+                opts.spec = cfg.spec.clone();
+                Some(rxen_block::open(&opts)?)
+            }
+            _ if cfg.removable => None,
+            _ => {
+                return Err(VirtioError::Io {
+                    what: "disk without a path (only a CD-ROM drive may be empty)",
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                })
+            }
+        };
+        let serial = if cfg.serial.is_empty() {
+            format!("rxen-disk{index}")
+        } else {
+            cfg.serial.clone()
+        };
+        let blk = Self::with_backend(backend, read_only, cfg.removable, &serial, index);
+        if cfg.removable {
+            let name = cfg.spec.clone().unwrap_or_else(|| format!("#{index}"));
+            let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
+            r.retain(|(_, w)| w.strong_count() > 0);
+            r.push((name, Arc::downgrade(&blk.media)));
+        }
+        Ok(blk)
+    }
+
+    /// Creates a disk over `backend` (`None`: empty removable drive).
+    pub fn with_backend(
+        backend: Option<Box<dyn DiskBackend>>,
+        read_only: bool,
+        removable: bool,
+        id: &str,
+        index: usize,
+    ) -> Self {
         let mut idb = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
         idb[..n].copy_from_slice(&id.as_bytes()[..n]);
-        Ok(Self {
-            file,
-            size,
+        let read_only =
+            read_only || removable || backend.as_ref().is_some_and(|b| b.info().read_only);
+        let discard = if read_only {
+            0
+        } else {
+            backend
+                .as_ref()
+                .map(|b| b.info().discard_granularity)
+                .unwrap_or(0)
+        };
+        let size = backend.as_ref().map(|b| b.info().size).unwrap_or(0);
+        Self {
+            media: Arc::new(Media {
+                size: AtomicU64::new(size),
+                inner: Mutex::new(MediaInner { backend }),
+                interrupt: Mutex::new(None),
+            }),
             read_only,
+            removable,
+            discard,
             id: idb,
             index,
             worker: None,
-        })
+        }
+    }
+
+    /// The handle that changes this drive's medium.
+    pub fn media_handle(&self) -> MediaHandle {
+        MediaHandle(self.media.clone())
+    }
+
+    /// Whether the medium is removable.
+    pub fn removable(&self) -> bool {
+        self.removable
     }
 
     fn config(&self) -> Vec<u8> {
-        let mut c = vec![0u8; 24];
-        c[0..8].copy_from_slice(&(self.size / SECTOR).to_le_bytes());
+        let size = self.media.size.load(Ordering::SeqCst);
+        let mut c = vec![0u8; 60];
+        c[0..8].copy_from_slice(&(size / SECTOR).to_le_bytes());
         c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        if self.discard > 0 {
+            let align = (self.discard / SECTOR as u32).max(1);
+            c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+            c[40..44].copy_from_slice(&1u32.to_le_bytes());
+            c[44..48].copy_from_slice(&align.to_le_bytes());
+            c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+            c[52..56].copy_from_slice(&1u32.to_le_bytes());
+            c[56] = 1;
+        }
         c
     }
 }
@@ -84,9 +272,11 @@ impl VirtioDevice for Block {
         vec![QUEUE_SIZE]
     }
     fn features(&self) -> u64 {
-        let mut f = F_FLUSH | F_SEG_MAX | F_EVENT_IDX;
+        let mut f = F_FLUSH | F_SEG_MAX | F_BLK_SIZE | F_EVENT_IDX;
         if self.read_only {
             f |= F_RO;
+        } else if self.discard > 0 {
+            f |= F_DISCARD | F_WRITE_ZEROES;
         }
         f
     }
@@ -94,10 +284,6 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config(), offset, data);
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), VirtioError> {
-        let file = self.file.try_clone().map_err(|source| VirtioError::Io {
-            what: "dup disk fd",
-            source,
-        })?;
         let (queue, evt) = ctx
             .queues
             .into_iter()
@@ -106,16 +292,19 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(VirtioError::QueueNotReady(0));
         }
+        *self
+            .media
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ctx.interrupt.clone());
         let handler = BlockWorker {
             mem: ctx.mem,
             queue,
             evt,
-            file,
-            size: self.size,
+            media: self.media.clone(),
             read_only: self.read_only || ctx.acked_features & F_RO != 0,
             id: self.id,
             interrupt: ctx.interrupt.clone(),
-            buf: vec![0u8; CHUNK],
         };
         self.worker = Some(Worker::spawn(self.name(), handler, ctx.interrupt)?);
         Ok(())
@@ -124,6 +313,11 @@ impl VirtioDevice for Block {
         if let Some(mut w) = self.worker.take() {
             w.stop();
         }
+        *self
+            .media
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -131,12 +325,10 @@ struct BlockWorker {
     mem: GuestMemoryMmap,
     queue: Queue,
     evt: EventFd,
-    file: File,
-    size: u64,
+    media: Arc<Media>,
     read_only: bool,
     id: [u8; ID_LEN],
     interrupt: Arc<dyn VirtioInterrupt>,
-    buf: Vec<u8>,
 }
 
 fn bad(reason: impl Into<String>) -> VirtioError {
@@ -146,110 +338,217 @@ fn bad(reason: impl Into<String>) -> VirtioError {
     }
 }
 
+/// A piece of a descriptor chain: guest address and length.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    addr: u64,
+    len: u64,
+}
+
+/// Removes the first `n` bytes of `segs` and returns them as segments.
+fn take_front(segs: &mut Vec<Seg>, mut n: u64) -> Option<Vec<Seg>> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let first = segs.first_mut()?;
+        if first.len <= n {
+            n -= first.len;
+            out.push(*first);
+            segs.remove(0);
+        } else {
+            out.push(Seg {
+                addr: first.addr,
+                len: n,
+            });
+            first.addr = first.addr.checked_add(n)?;
+            first.len -= n;
+            n = 0;
+        }
+    }
+    Some(out)
+}
+
+/// Removes the last byte of `segs` and returns its address.
+fn take_last_byte(segs: &mut Vec<Seg>) -> Option<u64> {
+    while segs.last().is_some_and(|s| s.len == 0) {
+        segs.pop();
+    }
+    let last = segs.last_mut()?;
+    last.len -= 1;
+    let addr = last.addr.checked_add(last.len)?;
+    if last.len == 0 {
+        segs.pop();
+    }
+    Some(addr)
+}
+
+fn seg_len(segs: &[Seg]) -> u64 {
+    segs.iter().map(|s| s.len).sum()
+}
+
 impl BlockWorker {
+    fn read_guest(&self, segs: &[Seg]) -> Result<Vec<u8>, VirtioError> {
+        let mut out = vec![0u8; seg_len(segs) as usize];
+        let mut o = 0;
+        for s in segs {
+            self.mem
+                .read_slice(&mut out[o..o + s.len as usize], GuestAddress(s.addr))
+                .map_err(|e| bad(format!("unreadable request buffer: {e}")))?;
+            o += s.len as usize;
+        }
+        Ok(out)
+    }
+
+    fn write_guest(&self, segs: &[Seg], mut data: &[u8]) -> Result<(), VirtioError> {
+        for s in segs {
+            if data.is_empty() {
+                break;
+            }
+            let n = (s.len as usize).min(data.len());
+            self.mem
+                .write_slice(&data[..n], GuestAddress(s.addr))
+                .map_err(|e| bad(format!("unwritable request buffer: {e}")))?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Host buffers over the guest memory of `segs`.
+    fn iobufs(&self, segs: &[Seg]) -> Result<Vec<IoBuf<'_>>, VirtioError> {
+        let mut bufs = Vec::with_capacity(segs.len());
+        for s in segs {
+            for slice in
+                GuestMemoryBackend::get_slices(&self.mem, GuestAddress(s.addr), s.len as usize)
+            {
+                let slice = slice.map_err(|e| bad(format!("request buffer outside RAM: {e}")))?;
+                let ptr = slice.ptr_guard_mut().as_ptr();
+                // SAFETY: the slice lies inside a guest RAM mapping owned by `self.mem`, which
+                // outlives the returned buffers (they borrow `self`); the backend only accesses
+                // it through system calls and ptr::copy (concurrent guest access is the guest's
+                // own race, as on hardware DMA).
+                bufs.push(unsafe { IoBuf::from_raw(ptr, slice.len()) });
+            }
+        }
+        Ok(bufs)
+    }
+
     /// Executes one request; returns the number of bytes written into the chain.
     fn request(
         &mut self,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     ) -> Result<u32, VirtioError> {
-        let mem = &self.mem;
-        let mut reader = chain
-            .clone()
-            .reader(mem)
-            .map_err(|e| bad(format!("unreadable request: {e}")))?;
-        let writer = chain
-            .writer(mem)
-            .map_err(|e| bad(format!("unwritable request: {e}")))?;
-        let total_w = writer.available_bytes();
-        if total_w == 0 {
-            return Err(bad("request has no status byte"));
+        let mut readable = Vec::new();
+        let mut writable = Vec::new();
+        for d in chain {
+            let s = Seg {
+                addr: d.addr().0,
+                len: u64::from(d.len()),
+            };
+            if d.is_write_only() {
+                writable.push(s);
+            } else {
+                readable.push(s);
+            }
         }
-        let mut hdr = [0u8; 16];
-        reader
-            .read_exact(&mut hdr)
-            .map_err(|_| bad("request header shorter than 16 bytes"))?;
+        let hdr_segs = take_front(&mut readable, 16)
+            .ok_or_else(|| bad("request header shorter than 16 bytes"))?;
+        let hdr = self.read_guest(&hdr_segs)?;
+        let status_addr =
+            take_last_byte(&mut writable).ok_or_else(|| bad("request has no status byte"))?;
         let rtype = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
         let sector = u64::from_le_bytes([
             hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
         ]);
-        let mut writer = writer;
-        let mut status_w = writer
-            .split_at(total_w - 1)
-            .map_err(|e| bad(format!("cannot split status byte: {e}")))?;
-        let data_w = &mut writer;
-        let status = match rtype {
-            T_IN => {
-                let len = data_w.available_bytes() as u64;
-                match sector
-                    .checked_mul(SECTOR)
-                    .filter(|o| o.checked_add(len).is_some_and(|e| e <= self.size))
-                {
-                    None => S_IOERR,
-                    Some(mut off) => {
-                        let mut left = len as usize;
-                        let mut st = S_OK;
-                        while left > 0 {
-                            let n = left.min(CHUNK);
-                            if self.file.read_exact_at(&mut self.buf[..n], off).is_err()
-                                || data_w.write_all(&self.buf[..n]).is_err()
-                            {
-                                st = S_IOERR;
-                                break;
+        let mut written = 0u64;
+        let media = self.media.clone();
+        let mut m = media.lock();
+        let status = match (rtype, m.backend.as_mut()) {
+            (T_GET_ID, _) => {
+                let n = (seg_len(&writable) as usize).min(ID_LEN);
+                self.write_guest(&writable, &self.id[..n])?;
+                written = n as u64;
+                S_OK
+            }
+            (T_IN | T_OUT | T_FLUSH | T_DISCARD | T_WRITE_ZEROES, None) => S_IOERR,
+            (T_IN, Some(b)) => {
+                let len = seg_len(&writable);
+                match sector.checked_mul(SECTOR) {
+                    Some(off) if len <= MAX_DATA => {
+                        let bufs = self.iobufs(&writable)?;
+                        match b.read(off, &bufs) {
+                            Ok(()) => {
+                                written = len;
+                                S_OK
                             }
-                            off += n as u64;
-                            left -= n;
+                            Err(e) => {
+                                tracing::debug!("virtio-blk: read at {off} (+{len}): {e}");
+                                S_IOERR
+                            }
                         }
-                        st
                     }
+                    _ => S_IOERR,
                 }
             }
-            T_OUT => {
-                let len = reader.available_bytes() as u64;
-                let range_ok = sector
-                    .checked_mul(SECTOR)
-                    .filter(|o| o.checked_add(len).is_some_and(|e| e <= self.size));
-                match range_ok {
-                    _ if self.read_only => S_IOERR,
-                    None => S_IOERR,
-                    Some(mut off) => {
-                        let mut left = len as usize;
-                        let mut st = S_OK;
-                        while left > 0 {
-                            let n = left.min(CHUNK);
-                            if reader.read_exact(&mut self.buf[..n]).is_err()
-                                || self.file.write_all_at(&self.buf[..n], off).is_err()
-                            {
-                                st = S_IOERR;
-                                break;
+            (T_OUT, Some(_)) if self.read_only => S_IOERR,
+            (T_OUT, Some(b)) => {
+                let len = seg_len(&readable);
+                match sector.checked_mul(SECTOR) {
+                    Some(off) if len <= MAX_DATA => {
+                        let bufs = self.iobufs(&readable)?;
+                        match b.write(off, &bufs) {
+                            Ok(()) => S_OK,
+                            Err(e) => {
+                                tracing::debug!("virtio-blk: write at {off} (+{len}): {e}");
+                                S_IOERR
                             }
-                            off += n as u64;
-                            left -= n;
                         }
-                        st
                     }
+                    _ => S_IOERR,
                 }
             }
-            T_FLUSH => {
-                if self.file.sync_data().is_ok() {
-                    S_OK
-                } else {
+            (T_FLUSH, Some(b)) => match b.flush() {
+                Ok(()) => S_OK,
+                Err(e) => {
+                    tracing::error!("virtio-blk: flush failed: {e}");
                     S_IOERR
                 }
-            }
-            T_GET_ID => {
-                let n = data_w.available_bytes().min(ID_LEN);
-                if data_w.write_all(&self.id[..n]).is_ok() {
-                    S_OK
+            },
+            (T_DISCARD | T_WRITE_ZEROES, Some(_)) if self.read_only => S_IOERR,
+            (T_DISCARD | T_WRITE_ZEROES, Some(b)) => {
+                let n = seg_len(&readable);
+                if n != 16 {
+                    S_UNSUPP
                 } else {
-                    S_IOERR
+                    let d = self.read_guest(&readable)?;
+                    let start = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                    let count = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                    let flags = u32::from_le_bytes(d[12..16].try_into().unwrap_or_default());
+                    match start.checked_mul(SECTOR) {
+                        Some(off) if count <= MAX_DISCARD_SECTORS && flags & !1 == 0 => {
+                            let len = u64::from(count) * SECTOR;
+                            let r = if rtype == T_DISCARD {
+                                b.discard(off, len)
+                            } else {
+                                b.write_zeroes(off, len, flags & 1 != 0)
+                            };
+                            match r {
+                                Ok(()) => S_OK,
+                                Err(e) => {
+                                    tracing::debug!("virtio-blk: discard/zero at {off}: {e}");
+                                    S_IOERR
+                                }
+                            }
+                        }
+                        _ => S_UNSUPP,
+                    }
                 }
             }
             _ => S_UNSUPP,
         };
-        status_w
-            .write_all(&[status])
+        drop(m);
+        self.mem
+            .write_obj(status, GuestAddress(status_addr))
             .map_err(|e| bad(format!("cannot write status: {e}")))?;
-        Ok((data_w.bytes_written() + 1) as u32)
+        Ok((written + 1).min(u64::from(u32::MAX)) as u32)
     }
 
     fn process(&mut self) -> Result<(), VirtioError> {
@@ -286,5 +585,62 @@ impl WorkerHandler for BlockWorker {
     fn handle(&mut self, _ctx: &WorkerContext<'_>, _token: u64) -> Result<(), VirtioError> {
         let _ = self.evt.read();
         self.process()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_split_header_data_status() {
+        let mut r = vec![Seg { addr: 100, len: 10 }, Seg { addr: 200, len: 10 }];
+        let h = take_front(&mut r, 16).unwrap();
+        assert_eq!(seg_len(&h), 16);
+        assert_eq!((r[0].addr, r[0].len), (206, 4));
+        assert!(take_front(&mut r, 5).is_none());
+        let mut w = vec![Seg { addr: 0, len: 512 }, Seg { addr: 1000, len: 1 }];
+        assert_eq!(take_last_byte(&mut w), Some(1000));
+        assert_eq!(w.len(), 1);
+        assert_eq!(take_last_byte(&mut w), Some(511));
+        assert_eq!(seg_len(&w), 511);
+        assert_eq!(take_last_byte(&mut vec![]), None);
+    }
+
+    #[test]
+    fn config_reports_capacity_and_media_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.iso");
+        std::fs::write(&p, vec![7u8; 8192]).unwrap();
+        let blk = Block::from_config(
+            &BlockConfig {
+                path: None,
+                removable: true,
+                spec: Some("hdc-test".into()),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert!(media_handle("hdc-test").is_some());
+        assert!(media_handle("nope").is_none());
+        let cap = |b: &Block| {
+            let mut d = [0u8; 8];
+            b.read_config(0, &mut d);
+            u64::from_le_bytes(d)
+        };
+        assert_eq!(cap(&blk), 0);
+        assert!(blk.features() & F_RO != 0);
+        let h = blk.media_handle();
+        let be = rxen_block::open(&rxen_block::DiskOptions::new(&p).read_only(true)).unwrap();
+        h.change(Some(be));
+        assert_eq!(cap(&blk), 16);
+        assert_eq!(h.info().unwrap().path, p);
+        h.change(None);
+        assert_eq!(cap(&blk), 0);
+        assert!(h.info().is_none());
+        drop(blk);
+        drop(h);
+        assert!(media_handle("hdc-test").is_none());
     }
 }

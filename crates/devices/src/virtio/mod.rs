@@ -89,6 +89,9 @@ pub enum VirtioError {
         #[source]
         source: std::io::Error,
     },
+    /// A disk backend could not be opened.
+    #[error(transparent)]
+    Disk(#[from] rxen_block::BlockError),
 }
 
 /// How a worker raises interrupts and flags the device broken.
