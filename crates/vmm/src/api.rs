@@ -52,6 +52,12 @@ pub enum Command {
     DeviceRemove(DeviceRemove),
     /// List the PCI devices ([`DeviceInfo`]s).
     Devices,
+    /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
+    Nmi {
+        /// vCPU index.
+        #[serde(default)]
+        vcpu: u8,
+    },
 }
 
 /// Arguments of `device_add`: exactly one of `disk` or `net`, in the shape of the

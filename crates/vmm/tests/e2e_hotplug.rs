@@ -53,6 +53,7 @@ fn e2e_hotplug_vmm_disk_and_nic_into_a_running_guest() {
     c.set_timeout(Some(T)).unwrap();
 
     // Disk: appears as /dev/vda, takes a write, goes away on removal; the data is on the host.
+    let t0 = std::time::Instant::now();
     let added = c
         .device_add(DeviceAdd {
             disk: Some(DiskConfig {
@@ -69,14 +70,20 @@ fn e2e_hotplug_vmm_disk_and_nic_into_a_running_guest() {
         "no /dev/vda after hot-plug\n{}",
         g.transcript()
     );
-    let o = g.run("head -c 10 /dev/vda; echo; printf hot-plugged | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; ls /sys/bus/pci/slots/").unwrap();
+    eprintln!("device_add → /dev/vda in the guest: {:?}", t0.elapsed());
+    let o = g.run("head -c 10 /dev/vda; echo; printf hot-plugged | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; ls -1 /sys/bus/pci/slots/").unwrap();
     assert!(o.output.starts_with("host-wrote\n"), "{}", o.output);
     assert!(
         o.output.lines().any(|l| l == added.slot.to_string()),
         "acpiphp slots: {}",
         o.output
     );
+    let t0 = std::time::Instant::now();
     c.device_remove(&added.id, false, Some(120_000)).unwrap();
+    eprintln!(
+        "device_remove of a disk (guest eject included): {:?}",
+        t0.elapsed()
+    );
     let o = g.run(&wait_for("[ ! -e /dev/vda ]")).unwrap();
     assert_eq!(o.status, 0, "/dev/vda still there\n{}", g.transcript());
     let back = std::fs::read(&img).unwrap();

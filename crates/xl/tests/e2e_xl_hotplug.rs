@@ -1,14 +1,15 @@
 //! End-to-end hot-plug with xl on an isolated rxen host: `xl block-attach` a raw image into a
-//! running Debian guest, use it, `xl block-detach`, check the data on the host; `xl
-//! network-attach` a NIC on a test bridge, ping the host through it, `xl network-detach`; the
-//! `block-list` / `network-list` outputs in Xen's format. Run with `scripts/e2e e2e_hotplug_xl`.
+//! running Debian guest, use it, reboot (the disk is kept), `xl block-detach`, check the data on
+//! the host; `xl network-attach` a NIC on a test bridge, ping the host through it, `xl
+//! network-detach`; the `block-list` / `network-list` outputs in Xen's format. Run with
+//! `scripts/e2e e2e_hotplug_xl`.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{step, text, Host};
+use common::{count_in, step, text, wait_until, Host};
 use rxen_testkit::{require_linux_kvm, Assets, Guest};
 
 /// Deletes a link on drop (the test bridge), also when the test fails.
@@ -38,7 +39,7 @@ fn e2e_hotplug_xl_block_and_network() {
     let _del_br = DelLink(br.clone());
     let host = Host::start();
 
-    let cfg = host.write_cfg("hp", "", &assets);
+    let cfg = host.write_cfg("hp", "on_reboot = \"restart\"", &assets);
     let mut con = Guest::spawn(
         host.command("xl", &["create", "-c", cfg.to_str().unwrap()]),
         "xl create -c",
@@ -56,7 +57,9 @@ fn e2e_hotplug_xl_block_and_network() {
     data[..10].copy_from_slice(b"host-wrote");
     std::fs::write(&img, data).unwrap();
     let spec = format!("format=raw,vdev=xvdb,access=rw,target={}", img.display());
+    let t0 = std::time::Instant::now();
     host.xl_ok(&["block-attach", "hp", &spec]);
+    eprintln!("xl block-attach took {:?}", t0.elapsed());
     let list = host.xl_ok(&["block-list", "hp"]);
     assert_eq!(
         list,
@@ -74,10 +77,29 @@ fn e2e_hotplug_xl_block_and_network() {
     );
     let o = con.run(&wait_for("[ -b /dev/vda ]")).unwrap();
     assert_eq!(o.status, 0, "no /dev/vda\n{}", con.transcript());
+    eprintln!("attach → /dev/vda in the guest: {:?}", t0.elapsed());
     let o = con
         .run("head -c 10 /dev/vda; echo; printf hot-plugged | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; echo ok")
         .unwrap();
     assert_eq!(o.output, "host-wrote\nok\n");
+
+    step("reboot keeps the disk");
+    con.send("reboot -f").unwrap();
+    assert!(con.wait_exit(Duration::from_secs(60)).unwrap().success());
+    drop(con);
+    let log = host.console_log("hp");
+    wait_until("second boot", Duration::from_secs(300), || {
+        count_in(&log, "RXEN-USERSPACE") >= 2
+    });
+    let mut con = Guest::spawn(host.command("xl", &["console", "hp"]), "xl console").unwrap();
+    let o = con
+        .run(&format!(
+            "{}; dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 11",
+            wait_for("[ -b /dev/vda ]")
+        ))
+        .unwrap();
+    assert_eq!(o.output, "hot-plugged", "{}", con.transcript());
+    assert_eq!(host.xl_ok(&["block-list", "hp"]), list);
 
     step("block-detach");
     let o = host.xl(&["block-detach", "hp", "xvdz"]);
@@ -86,7 +108,12 @@ fn e2e_hotplug_xl_block_and_network() {
         String::from_utf8_lossy(&o.stderr),
         "Error: Device xvdz not connected.\n"
     );
+    let t0 = std::time::Instant::now();
     host.xl_ok(&["block-detach", "hp", "xvdb"]);
+    eprintln!(
+        "xl block-detach (guest eject included) took {:?}",
+        t0.elapsed()
+    );
     let o = con.run(&wait_for("[ ! -e /dev/vda ]")).unwrap();
     assert_eq!(o.status, 0, "/dev/vda still there\n{}", con.transcript());
     let back = std::fs::read(&img).unwrap();
@@ -119,7 +146,12 @@ fn e2e_hotplug_xl_block_and_network() {
     let o = con
         .run("cat /sys/class/net/eth0/address; ip addr add 192.168.253.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 5 192.168.253.1 >/dev/null && echo pong")
         .unwrap();
-    assert_eq!(o.output, "00:16:3e:00:00:43\npong\n", "{}", con.transcript());
+    assert_eq!(
+        o.output,
+        "00:16:3e:00:00:43\npong\n",
+        "{}",
+        con.transcript()
+    );
 
     step("network-detach");
     let o = host.xl(&["network-detach", "hp", "7"]);
