@@ -238,7 +238,14 @@ fn dir_perms(owner: u32, reader: u32) -> Perms {
     .expect("non-empty perms")
 }
 
-fn write_vbd_nodes(xs: &Client, domid: u32, devid: u32, d: &DeviceDisk, path: &Path) -> Result<()> {
+/// Writes the xenstore nodes of disk `d` (host `path`) as domain `domid`'s vbd `devid`, state 4.
+pub fn write_vbd_nodes(
+    xs: &Client,
+    domid: u32,
+    devid: u32,
+    d: &DeviceDisk,
+    path: &Path,
+) -> Result<()> {
     let be = vbd_backend(domid, devid);
     let fe = vbd_frontend(domid, devid);
     let lx = libxl_dev(domid, "vbd", devid);
@@ -275,6 +282,11 @@ fn write_vbd_nodes(xs: &Client, domid: u32, devid: u32, d: &DeviceDisk, path: &P
         ("params", params),
         ("dev", vdev),
         ("mode", mode.into()),
+        ("type", if is_blk { "phy" } else { "file" }.into()),
+        ("removable", d.removable.to_string()),
+        ("device-type", "disk".into()),
+        ("frontend-id", domid.to_string()),
+        ("online", "1".into()),
     ];
     xs.with_transaction(|t| {
         for (dir, nodes) in [(&be, &be_nodes), (&fe, &fe_nodes), (&lx, &lx_nodes)] {
@@ -550,13 +562,13 @@ pub fn format_nic_row(r: &NicRow) -> String {
 pub fn network_list(xs: &Client, dom: &str) -> Result<Vec<NicRow>> {
     let domid = registry::resolve(xs, dom)?.domid;
     let mut rows = vec![];
-    for devid in devids(xs, &format!("/local/domain/{domid}/device/vif"))? {
-        let fe = rxen_net::hotplug::frontend_path(domid, devid);
-        let be = read_opt(xs, &format!("{fe}/backend"))?
+    for devid in devids(xs, &format!("/libxl/{domid}/device/vif"))? {
+        let lx = libxl_dev(domid, "vif", devid);
+        let fe = read_opt(xs, &format!("{lx}/frontend"))?
+            .unwrap_or_else(|| rxen_net::hotplug::frontend_path(domid, devid));
+        let be = read_opt(xs, &format!("{lx}/backend"))?
             .unwrap_or_else(|| rxen_net::hotplug::backend_path(domid, devid));
-        let mac = read_opt(xs, &format!("{fe}/mac"))?
-            .or(read_opt(xs, &format!("{be}/mac"))?)
-            .unwrap_or_else(|| "00:00:00:00:00:00".into());
+        let mac = read_opt(xs, &format!("{lx}/mac"))?.unwrap_or_else(|| "00:00:00:00:00:00".into());
         rows.push(NicRow {
             devid,
             backend_id: 0,
@@ -577,15 +589,47 @@ fn vif_spec(domid: u32, devid: u32, kv: &[(String, String)]) -> Result<rxen_net:
         .map_err(|e| Error::Other(format!("domain {domid}: vif {devid}: {e}")))
 }
 
-/// Writes a vif's xenstore nodes for the built-in modes (a `script=` vif gets them from
-/// `rxen-net` under the hotplug contract).
+/// Writes a vif's xenstore nodes: backend and frontend for the built-in modes (a `script=` vif
+/// gets them from `rxen-net` under the hotplug contract), and libxl's record.
 fn publish_vif(xs: &Client, spec: &rxen_net::VifSpec) -> Result<()> {
-    if matches!(spec.mode, rxen_net::VifMode::Script(_)) {
-        return Ok(());
+    if !matches!(spec.mode, rxen_net::VifMode::Script(_)) {
+        let other = |e: rxen_net::Error| Error::Other(format!("vif {}: {e}", spec.devid));
+        rxen_net::hotplug::write_nodes(xs, spec, &spec.mode.script_name()).map_err(other)?;
+        rxen_net::hotplug::mark_connected(xs, spec).map_err(other)?;
     }
-    let other = |e: rxen_net::Error| Error::Other(format!("vif {}: {e}", spec.devid));
-    rxen_net::hotplug::write_nodes(xs, spec, &spec.mode.script_name()).map_err(other)?;
-    rxen_net::hotplug::mark_connected(xs, spec).map_err(other)
+    let lx = libxl_dev(spec.domid, "vif", spec.devid);
+    let mut nodes = vec![
+        (
+            "frontend",
+            rxen_net::hotplug::frontend_path(spec.domid, spec.devid),
+        ),
+        (
+            "backend",
+            rxen_net::hotplug::backend_path(spec.domid, spec.devid),
+        ),
+        ("handle", spec.devid.to_string()),
+        ("type", "vif".to_string()),
+        ("script", spec.mode.script_name()),
+    ];
+    if let Some(m) = &spec.mac {
+        nodes.push(("mac", rxen_net::format_mac(m)));
+    }
+    if let Some(b) = spec.bridge_name() {
+        nodes.push(("bridge", b.to_string()));
+    }
+    xs.with_transaction(|t| {
+        for (k, v) in &nodes {
+            t.write(&format!("{lx}/{k}"), v.as_str())?;
+        }
+        Ok(())
+    })
+    .map_err(Error::from)
+}
+
+/// Writes the xenstore nodes of domain `domid`'s vif `devid` described by xl's `key=value`
+/// settings (as the supervisor's job holds them).
+pub fn write_vif_nodes(xs: &Client, domid: u32, devid: u32, kv: &[(String, String)]) -> Result<()> {
+    publish_vif(xs, &vif_spec(domid, devid, kv)?)
 }
 
 /// `xl network-attach`: hot-plugs `nic` into the running domain `dom`; returns its devid.
@@ -597,7 +641,7 @@ pub fn network_attach(paths: &Paths, xs: &Client, dom: &str, mut nic: DeviceNic)
         .vifs
         .iter()
         .map(|(d, _)| *d)
-        .chain(devids(xs, &format!("/local/domain/{domid}/device/vif"))?)
+        .chain(devids(xs, &format!("/libxl/{domid}/device/vif"))?)
         .collect();
     let devid = match nic.devid {
         Some(d) if d >= 0 => {
