@@ -9,12 +9,14 @@
 //! * [`ops`]: what `xl` commands do (create, destroy, shutdown, reboot, pause, list…).
 //! * [`host`]: host services (`rxen host start|stop|status`, Xen's xencommons/xendomains).
 //! * [`console`]: attaching a terminal (or a pipe) to a domain console (`xl console`).
+//! * [`hotplug`]: devices into running domains (`xl block-attach`, `network-attach`, …).
 
 pub mod build;
 pub mod console;
 pub mod cpumem;
 pub mod format;
 pub mod host;
+pub mod hotplug;
 pub mod ops;
 pub mod paths;
 pub mod registry;

@@ -79,7 +79,7 @@ pub fn job_path(paths: &Paths, domid: u32) -> PathBuf {
 /// Run the supervisor of `domid` until the domain is gone.
 pub fn run(paths: &Paths, domid: u32) -> Result<()> {
     let jp = job_path(paths, domid);
-    let job: DomainJob = serde_json::from_slice(
+    let mut job: DomainJob = serde_json::from_slice(
         &std::fs::read(&jp).map_err(io_err(format!("reading {}", jp.display())))?,
     )
     .map_err(|e| Error::Other(format!("{}: {e}", jp.display())))?;
@@ -164,6 +164,13 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
                     log("core dumps of a dead VMM are not available in rxen; restarting without one");
                 }
                 let _ = xs.write(&format!("{}/control/shutdown", dom_path(domid)), "");
+                // Devices hot-plugged meanwhile are in the stored job: restart with them.
+                if let Ok(j) = std::fs::read(&jp)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    job = j;
+                }
                 continue;
             }
             "preserve" => {
@@ -331,6 +338,9 @@ fn publish(
         ));
         handles.push(h);
     }
+    if let Err(e) = crate::hotplug::publish_boot_devices(paths, xs, job) {
+        log(&format!("domain {domid}: device nodes: {e}"));
+    }
     Ok(handles)
 }
 
@@ -442,6 +452,7 @@ fn wait_for_destroy(paths: &Paths, domid: u32, destroy: &AtomicBool) {
 /// Remove every trace of a domain: xenstore nodes, runtime directory.
 pub fn cleanup(paths: &Paths, xs: &Client, domid: u32) {
     let _ = registry::set_state(xs, domid, DomState::Dying);
+    crate::hotplug::remove_domain_nodes(xs, domid);
     match rxen_net::cleanup_domain(domid, Some(xs)) {
         Ok(_) => {}
         Err(e) => log(&format!("domain {domid}: network cleanup: {e}")),

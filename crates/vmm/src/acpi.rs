@@ -9,6 +9,11 @@ use rxen_devices::legacy::acpi_pm::{
     SCI_IRQ,
 };
 use rxen_devices::legacy::pvpanic::PVPANIC_PORT;
+use rxen_devices::pci::hotplug::{
+    GPE0_BASE, GPE0_LEN, GPE_PCI_HOTPLUG, HOTPLUG_BASE, HOTPLUG_LEN, REG_DOWN, REG_EJECT,
+    REG_PRESENT, REG_UP,
+};
+use rxen_devices::pci::PCI_SLOTS;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{ACPI_SIZE, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START};
@@ -52,6 +57,8 @@ fn fadt(dsdt: u64, facs: u64) -> Sdt {
     f.write_u8(88, 4); // PM1_EVT_LEN
     f.write_u8(89, 2); // PM1_CNT_LEN
     f.write_u8(91, 4); // PM_TMR_LEN
+    f.write_u32(80, u32::from(GPE0_BASE)); // GPE0_BLK (PCI hot-plug)
+    f.write_u8(92, GPE0_LEN); // GPE0_BLK_LEN
     f.write_u16(96, 0x65); // C2 not supported
     f.write_u16(98, 0x3e9); // C3 not supported
     f.write_u8(108, 0x32); // CMOS century register
@@ -69,6 +76,7 @@ fn fadt(dsdt: u64, facs: u64) -> Sdt {
     gas_io(&mut f, 148, pm1_evt, 32, 0);
     gas_io(&mut f, 172, pm1_cnt, 16, 0);
     gas_io(&mut f, 208, pm_tmr, 32, 0);
+    gas_io(&mut f, 220, GPE0_BASE, GPE0_LEN * 8, 0); // X_GPE0_BLK
     f.write_u64(268, u64::from_le_bytes(*b"RXENKVM\0"));
     f.update_checksum();
     f
@@ -137,6 +145,7 @@ fn dsdt() -> Sdt {
         ],
     )
     .to_aml_bytes(&mut d);
+    pci_hotplug_aml(&mut d);
     aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![
@@ -149,6 +158,112 @@ fn dsdt() -> Sdt {
     .to_aml_bytes(&mut d);
     d.update_checksum();
     d
+}
+
+/// Already-serialised AML.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+fn to_raw(a: &dyn Aml) -> RawAml {
+    let mut v = Vec::new();
+    a.to_aml_bytes(&mut v);
+    RawAml(v)
+}
+
+/// ACPI PCI hot-plug (see `rxen_devices::pci::hotplug`): the controller's registers as fields, one
+/// ejectable device per slot of bus 0, and the GPE handler that notifies the slots.
+fn pci_hotplug_aml(d: &mut Sdt) {
+    let slot_name = |s: usize| format!("S{s:02X}_");
+    let mut body: Vec<RawAml> = vec![
+        to_raw(&aml::OpRegion::new(
+            "PHPR".into(),
+            aml::OpRegionSpace::SystemIO,
+            &(HOTPLUG_BASE as u32),
+            &(HOTPLUG_LEN as u32),
+        )),
+        to_raw(&aml::Field::new(
+            "PHPR".into(),
+            aml::FieldAccessType::DWord,
+            aml::FieldLockRule::NoLock,
+            aml::FieldUpdateRule::WriteAsZeroes,
+            vec![
+                aml::FieldEntry::Named(*b"PCIU", 32),
+                aml::FieldEntry::Named(*b"PCID", 32),
+                aml::FieldEntry::Named(*b"PCEJ", 32),
+                aml::FieldEntry::Named(*b"PCPR", 32),
+            ],
+        )),
+        // PEJ0(slot): acknowledge the eject of `slot` (called by each slot's _EJ0).
+        to_raw(&aml::Method::new(
+            "PEJ0".into(),
+            1,
+            true,
+            vec![&aml::ShiftLeft::new(
+                &aml::Path::new("PCEJ"),
+                &aml::ONE,
+                &aml::Arg(0),
+            )],
+        )),
+    ];
+    debug_assert_eq!((REG_UP, REG_DOWN, REG_EJECT, REG_PRESENT), (0, 4, 8, 12));
+    // PSCN: read UP and DOWN once, then notify every slot whose bit is set.
+    let mut scan: Vec<RawAml> = vec![
+        to_raw(&aml::Store::new(&aml::Local(0), &aml::Path::new("PCIU"))),
+        to_raw(&aml::Store::new(&aml::Local(1), &aml::Path::new("PCID"))),
+    ];
+    for slot in 1..PCI_SLOTS {
+        let name = slot_name(slot);
+        let bit = 1u32 << slot;
+        for (local, event) in [(0u8, 1u8), (1, 3)] {
+            scan.push(to_raw(&aml::If::new(
+                &aml::And::new(&aml::ZERO, &aml::Local(local), &bit),
+                vec![&aml::Notify::new(&aml::Path::new(&name), &event)],
+            )));
+        }
+    }
+    body.push(to_raw(&aml::Method::new(
+        "PSCN".into(),
+        0,
+        true,
+        scan.iter().map(|a| a as &dyn Aml).collect(),
+    )));
+    for slot in 1..PCI_SLOTS {
+        let sun = slot as u8;
+        body.push(to_raw(&aml::Device::new(
+            slot_name(slot).as_str().into(),
+            vec![
+                &aml::Name::new("_ADR".into(), &((slot as u32) << 16)),
+                &aml::Name::new("_SUN".into(), &sun),
+                &aml::Method::new(
+                    "_EJ0".into(),
+                    1,
+                    false,
+                    vec![&aml::MethodCall::new("PEJ0".into(), vec![&sun])],
+                ),
+            ],
+        )));
+    }
+    aml::Scope::new(
+        "\\_SB_.PCI0".into(),
+        body.iter().map(|a| a as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(d);
+    let gpe_method = format!("_E{GPE_PCI_HOTPLUG:02X}");
+    aml::Scope::new(
+        "\\_GPE".into(),
+        vec![&aml::Method::new(
+            gpe_method.as_str().into(),
+            0,
+            false,
+            vec![&aml::MethodCall::new("\\_SB_.PCI0.PSCN".into(), vec![])],
+        )],
+    )
+    .to_aml_bytes(d);
 }
 
 fn madt(vcpus: u8) -> Sdt {
@@ -275,6 +390,26 @@ mod tests {
                 assert_eq!(&d[..4], b"DSDT");
                 assert!(checksum_ok(&d));
                 assert!(d.windows(4).any(|w| w == b"_S5_"));
+                for name in [
+                    &b"PSCN"[..],
+                    b"PEJ0",
+                    b"S01_",
+                    b"S1F_",
+                    b"_E01",
+                    b"_EJ0",
+                    b"_SUN",
+                ] {
+                    assert!(d.windows(4).any(|w| w == name), "{name:?}");
+                }
+                if let Ok(dir) = std::env::var("RXEN_DUMP_DSDT") {
+                    std::fs::write(format!("{dir}/dsdt.aml"), &d).unwrap();
+                }
+                // GPE0 block for PCI hot-plug.
+                assert_eq!(
+                    u32::from_le_bytes(t[80..84].try_into().unwrap()),
+                    u32::from(GPE0_BASE)
+                );
+                assert_eq!(t[92], GPE0_LEN);
             }
             if &t[..4] == b"APIC" {
                 let (mut off, mut lapics) = (44, 0);

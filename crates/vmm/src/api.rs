@@ -18,6 +18,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{DiskConfig, NetConfig};
+
 /// Protocol version.
 pub const API_VERSION: u32 = 1;
 
@@ -70,12 +72,86 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<crate::config::DiskFormat>,
     },
+    /// Hot-plug a disk or a NIC (ACPI PCI hot-plug); answers with its [`DeviceInfo`].
+    #[serde(alias = "device-add")]
+    DeviceAdd(DeviceAdd),
+    /// Ask the guest to eject a device and release it; answered once the guest ejected it (or
+    /// at once with `force`), an error at the timeout.
+    #[serde(alias = "device-remove")]
+    DeviceRemove(DeviceRemove),
+    /// List the PCI devices ([`DeviceInfo`]s).
+    Devices,
     /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
     Nmi {
         /// vCPU index.
         #[serde(default)]
         vcpu: u8,
     },
+}
+
+/// Arguments of `device_add`: exactly one of `disk` or `net`, in the shape of the
+/// [`crate::config::VmConfig`] entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAdd {
+    /// Device id (default `diskN` / `netN`); letters, digits, `-`, `_`, `.`; at most 64.
+    /// (Named `device`: `id` is the request's sequence number.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+    /// A NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetConfig>,
+}
+
+/// Arguments of `device_remove`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRemove {
+    /// Device id.
+    pub device: String,
+    /// Remove at once, without waiting for the guest (it is still told).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// How long the guest gets to eject the device (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A PCI device of the domain (`devices`, `device_add`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Device id (`console`, `rng`, `diskN`, `netN` or the id given to `device_add`).
+    pub id: String,
+    /// `disk`, `net`, `console` or `rng`.
+    pub kind: String,
+    /// PCI slot on bus 0.
+    pub slot: u8,
+    /// PCI address as the guest sees it (`0000:00:05.0`).
+    pub bdf: String,
+    /// `attached`, or `ejecting` while the guest has not released it.
+    pub state: String,
+    /// The disk's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+    /// The NIC's settings (with the MAC in use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetConfig>,
+}
+
+/// Checks a device id given to `device_add`.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "invalid device id {id:?} (1-64 letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok(())
 }
 
 /// A request line.
@@ -294,6 +370,34 @@ impl ApiClient {
         serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Typed `device_add`.
+    pub fn device_add(&mut self, req: DeviceAdd) -> Result<DeviceInfo, ClientError> {
+        let v = self.request(Command::DeviceAdd(req))?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `device_remove`: returns when the guest ejected the device (or at once with `force`).
+    /// The read timeout of the connection must exceed `timeout_ms`.
+    pub fn device_remove(
+        &mut self,
+        id: &str,
+        force: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<(), ClientError> {
+        self.request(Command::DeviceRemove(DeviceRemove {
+            device: id.to_string(),
+            force,
+            timeout_ms,
+        }))
+        .map(|_| ())
+    }
+
+    /// Typed `devices`.
+    pub fn devices(&mut self) -> Result<Vec<DeviceInfo>, ClientError> {
+        let v = self.request(Command::Devices)?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// Waits for the next event (after `subscribe`).
     pub fn next_event(&mut self) -> Result<Event, ClientError> {
         if !self.backlog.is_empty() {
@@ -355,6 +459,54 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"v":1,"event":"powered_off","reason":"x","exit_code":0}"#
         );
+    }
+
+    #[test]
+    fn device_commands_wire_format() {
+        let r = parse_request(
+            r#"{"id":3,"cmd":"device_add","disk":{"path":"/d.img","readonly":true}}"#,
+        )
+        .unwrap();
+        let Command::DeviceAdd(a) = r.command else {
+            panic!("{r:?}")
+        };
+        assert_eq!(a.disk.unwrap().path, std::path::PathBuf::from("/d.img"));
+        let r = parse_request(r#"{"id":4,"cmd":"device-add","net":{"tap":"vif1.1"}}"#).unwrap();
+        assert!(matches!(
+            r.command,
+            Command::DeviceAdd(DeviceAdd { net: Some(_), .. })
+        ));
+        let r =
+            parse_request(r#"{"id":5,"cmd":"device_remove","device":"disk1","timeout_ms":500}"#)
+                .unwrap();
+        assert_eq!(
+            r.command,
+            Command::DeviceRemove(DeviceRemove {
+                device: "disk1".into(),
+                force: false,
+                timeout_ms: Some(500)
+            })
+        );
+        assert_eq!(
+            serde_json::to_string(&Request {
+                id: 6,
+                command: Command::DeviceRemove(DeviceRemove {
+                    device: "disk1".into(),
+                    force: true,
+                    timeout_ms: None
+                })
+            })
+            .unwrap(),
+            r#"{"id":6,"cmd":"device_remove","device":"disk1","force":true}"#
+        );
+        assert!(
+            parse_request(r#"{"id":7,"cmd":"device_add","disk":{"path":"/x","bogus":1}}"#).is_err()
+        );
+        assert!(parse_request(r#"{"id":8,"cmd":"device_remove"}"#).is_err());
+        assert!(check_device_id("disk-1.a_b").is_ok());
+        assert!(check_device_id("").is_err());
+        assert!(check_device_id("a/b").is_err());
+        assert!(check_device_id(&"x".repeat(65)).is_err());
     }
 
     proptest::proptest! {

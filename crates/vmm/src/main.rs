@@ -117,9 +117,15 @@ fn main() {
         }
     };
     vm::block_termination_signals();
+    let mut cfg = cfg;
     let code = loop {
         let r = match vm::Vm::new(cfg.clone()) {
-            Ok(v) => v.run(),
+            Ok(v) => {
+                // Keep hot-plugged devices (and the MACs in use) across an in-place reboot.
+                let (code, now) = v.run_with_config();
+                cfg = now;
+                code
+            }
             Err(e) => {
                 let mut msg = e.to_string();
                 let mut cur = std::error::Error::source(&e);

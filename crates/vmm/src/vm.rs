@@ -18,6 +18,9 @@ use rxen_devices::interrupt::{IrqLine, MsiSender};
 use rxen_devices::legacy::{
     acpi_pm, cmos, i8042, pvpanic, serial, AcpiPm, Cmos, PvPanic, Serial, I8042,
 };
+use rxen_devices::pci::hotplug::{
+    GpeBlock, HotplugController, SharedLevelIrq, GPE0_BASE, GPE0_LEN, HOTPLUG_BASE, HOTPLUG_LEN,
+};
 use rxen_devices::pci::{PciRoot, PCI_CONFIG_PORT};
 use rxen_devices::virtio::balloon::{Balloon, BalloonHandle, BALLOON_PAGE};
 use rxen_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
@@ -30,7 +33,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::api::{
     self, BalloonInfo, Command, ConsoleInfo, Event, EventKind, Info, Response, VcpuInfo,
 };
-use crate::config::{parse_mac, ConsoleMode, VmConfig};
+use crate::config::{parse_mac, ConsoleMode, DiskConfig, NetConfig, VmConfig};
 use crate::cpu::{self, RunState, VcpuControl, VcpuExitReason};
 use crate::layout::*;
 use crate::{acpi, boot, console, ExitCode};
@@ -132,6 +135,8 @@ impl MsiSender for KvmMsi {
 enum Internal {
     Guest(GuestEvent, String),
     VmmError(String),
+    /// The guest ejected the device in this PCI slot (ACPI `_EJ0`).
+    Ejected(usize),
 }
 
 struct ChannelSink {
@@ -158,6 +163,191 @@ struct VcpuHandle {
     tid: Arc<AtomicI32>,
 }
 
+/// What a plugged virtio device is (the config entry it came from, for disks and NICs).
+#[derive(Clone)]
+enum PluggedKind {
+    Console,
+    Disk(DiskConfig),
+    Net(NetConfig),
+    Rng,
+    Balloon,
+}
+
+/// A virtio-pci device on bus 0.
+struct Plugged {
+    id: String,
+    kind: PluggedKind,
+    slot: usize,
+    dev: Arc<Mutex<VirtioPciDevice>>,
+}
+
+/// A `device_remove` waiting for the guest's eject.
+struct PendingRemoval {
+    token: u64,
+    req: u64,
+    id: String,
+    deadline: std::time::Instant,
+}
+
+/// Default time the guest gets to eject a device before `device_remove` reports an error.
+pub const DEFAULT_EJECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Plugs virtio devices into PCI bus 0 and unplugs them again: used at boot and for hot-plug, so
+/// both paths build devices the same way.
+struct PciPlugger {
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    msi: Arc<dyn MsiSender>,
+    mmio: Arc<Bus>,
+    pci_root: Arc<Mutex<PciRoot>>,
+    ioevents: Arc<Mutex<HashMap<usize, Vec<EventFd>>>>,
+}
+
+impl PciPlugger {
+    /// Wraps `d` in the virtio-pci transport, maps its BAR and plugs it into the next free slot.
+    fn plug(
+        &self,
+        d: Box<dyn VirtioDevice>,
+    ) -> Result<(usize, Arc<Mutex<VirtioPciDevice>>), VmError> {
+        let name = d.name();
+        let err = |reason: String| VmError::Device {
+            what: name.clone(),
+            reason,
+        };
+        let slot = self
+            .pci_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_free_slot()
+            .ok_or_else(|| err("no free PCI slot".into()))?;
+        // Boot devices get slot-ordered BARs; a hot-plugged one takes the first free range.
+        let preferred = PCI_MMIO_START + (slot as u64 - 1) * BAR_SIZE;
+        let candidates = std::iter::once(preferred).chain(
+            (0..)
+                .map(|k| PCI_MMIO_START + k * BAR_SIZE)
+                .take_while(|a| a + BAR_SIZE <= PCI_MMIO_END),
+        );
+        let intx_lines = [5u32, 10, 11];
+        let gsi = intx_lines[(slot - 1) % intx_lines.len()];
+        let irq: Arc<dyn IrqLine> = Arc::new(KvmIrq {
+            vm: self.vm.clone(),
+            gsi,
+        });
+        let mut bar = None;
+        let mut pending = Some(d);
+        let mut dev = None;
+        for addr in candidates {
+            if self
+                .mmio
+                .ranges()
+                .iter()
+                .any(|(b, l)| *b < addr + BAR_SIZE && addr < b + l)
+            {
+                continue;
+            }
+            let Some(d) = pending.take() else { break };
+            let v = VirtioPciDevice::new(
+                d,
+                self.mem.clone(),
+                self.msi.clone(),
+                addr,
+                Some((irq.clone(), gsi as u8)),
+            )
+            .map_err(|e| err(e.to_string()))?;
+            let v = Arc::new(Mutex::new(v));
+            self.mmio
+                .insert(v.clone(), addr, BAR_SIZE)
+                .map_err(|e| err(e.to_string()))?;
+            bar = Some(addr);
+            dev = Some(v);
+            break;
+        }
+        let (Some(bar), Some(dev)) = (bar, dev) else {
+            return Err(err("no free MMIO space for the BAR".into()));
+        };
+        let got = self
+            .pci_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(dev.clone());
+        if got != Some(slot) {
+            let _ = self.mmio.remove(bar);
+            return Err(err("no free PCI slot".into()));
+        }
+        tracing::debug!("{name} at 00:{slot:02x}.0, BAR0 {bar:#x}");
+        // Queue notifications complete in the kernel (ioeventfd): a guest kick costs no exit
+        // to this process. The transport's own notify handler stays as a fallback.
+        let evts: Vec<EventFd> = dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue_evts()
+            .iter()
+            .filter_map(|e| e.try_clone().ok())
+            .collect();
+        register_ioevents(&self.vm, &evts, bar, true);
+        self.ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot, evts);
+        Ok((slot, dev))
+    }
+
+    /// Takes the device in `slot` off the bus and releases its BAR and ioeventfds. The device's
+    /// backend (worker thread, image file, tap) goes away when the last handle is dropped.
+    fn unplug(&self, slot: usize, dev: &Arc<Mutex<VirtioPciDevice>>) {
+        self.pci_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_device(slot);
+        let bar = dev.lock().unwrap_or_else(|e| e.into_inner()).bar_addr();
+        if let Err(e) = self.mmio.remove(bar) {
+            tracing::warn!("unplug slot {slot}: BAR {bar:#x}: {e}");
+        }
+        if let Some(evts) = self
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot)
+        {
+            register_ioevents(&self.vm, &evts, bar, false);
+        }
+    }
+}
+
+/// Opens a disk's image and builds its virtio-blk device (boot and hot-plug).
+fn make_disk(d: &DiskConfig, index: usize) -> Result<Box<dyn VirtioDevice>, VmError> {
+    let blk = Block::from_config(&d.block_config(), index).map_err(|e| VmError::Device {
+        what: format!(
+            "disk {}",
+            d.vdev
+                .clone()
+                .unwrap_or_else(|| d.path.display().to_string())
+        ),
+        reason: e.to_string(),
+    })?;
+    Ok(Box::new(blk))
+}
+
+/// Opens a NIC's tap and builds its virtio-net device (boot and hot-plug); returns the MAC used.
+fn make_net(n: &NetConfig, index: usize) -> Result<(Box<dyn VirtioDevice>, [u8; 6]), VmError> {
+    let mac = match &n.mac {
+        Some(m) => parse_mac(m)?,
+        None => random_mac(),
+    };
+    let tap = tap::open_tap(&n.tap).map_err(|e| VmError::Device {
+        what: format!("tap {}", n.tap),
+        reason: format!("{e}: {}", e.source_chain()),
+    })?;
+    Ok((Box::new(Net::new(tap, mac, index)), mac))
+}
+
+fn format_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A built, not yet running domain.
 pub struct Vm {
     cfg: VmConfig,
@@ -177,6 +367,10 @@ pub struct Vm {
     console_info: ConsoleInfo,
     _serial_backend_keep: Vec<console::ConsoleBackend>,
     virtio: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    plugger: PciPlugger,
+    plugged: Vec<Plugged>,
+    hotplug: Arc<Mutex<HotplugController>>,
+    removals: Vec<PendingRemoval>,
     _stdin_guard: Option<console::StdinRawGuard>,
     /// The virtio-balloon device's handle.
     balloon: Option<BalloonHandle>,
@@ -317,7 +511,18 @@ impl Vm {
         let serial_input = serial_be.input.take();
         let serial = Arc::new(Mutex::new(Serial::new(irq(serial::COM1_IRQ), serial_out)));
         let ev: Arc<dyn GuestEventSink> = sink.clone();
-        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(irq(acpi_pm::SCI_IRQ), ev.clone())));
+        // The SCI is shared by the PM1 block (power button) and the GPE block (PCI hot-plug).
+        let sci = SharedLevelIrq::new(irq(acpi_pm::SCI_IRQ));
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(sci.input(0), ev.clone())));
+        let gpe = Arc::new(Mutex::new(GpeBlock::new(sci.input(1))));
+        let hotplug = Arc::new(Mutex::new(HotplugController::new(gpe.clone())));
+        {
+            let sink = sink.clone();
+            hotplug
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_eject_callback(Box::new(move |slot| sink.send(Internal::Ejected(slot))));
+        }
         let offset = cfg
             .rtc
             .timeoffset_secs
@@ -360,95 +565,77 @@ impl Vm {
         let pci_root = Arc::new(Mutex::new(PciRoot::new(mmio.clone())));
         pio.insert(pci_root.clone(), PCI_CONFIG_PORT, 8)
             .map_err(dev_err("pci"))?;
+        pio.insert(gpe, u64::from(GPE0_BASE), u64::from(GPE0_LEN))
+            .map_err(dev_err("acpi-gpe"))?;
+        pio.insert(
+            hotplug.clone(),
+            u64::from(HOTPLUG_BASE),
+            u64::from(HOTPLUG_LEN),
+        )
+        .map_err(dev_err("pci-hotplug"))?;
 
         // virtio devices.
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        let mut devices: Vec<(String, PluggedKind, Box<dyn VirtioDevice>)> = Vec::new();
         let mut keep = vec![serial_be];
         if let Some(mut be) = console_be {
             let out = std::mem::replace(&mut be.output, Box::new(std::io::sink()));
-            devices.push(Box::new(Console::new(out, be.input.take())));
+            devices.push((
+                "console".into(),
+                PluggedKind::Console,
+                Box::new(Console::new(out, be.input.take())),
+            ));
             keep.push(be);
         }
         for (i, d) in cfg.disks.iter().enumerate() {
-            let blk = Block::from_config(&d.block_config(), i).map_err(|e| VmError::Device {
-                what: format!(
-                    "disk {}",
-                    d.vdev
-                        .clone()
-                        .unwrap_or_else(|| d.path.display().to_string())
-                ),
-                reason: e.to_string(),
-            })?;
-            devices.push(Box::new(blk));
+            devices.push((
+                format!("disk{i}"),
+                PluggedKind::Disk(d.clone()),
+                make_disk(d, i)?,
+            ));
         }
-        for (i, n) in cfg.nets.iter().enumerate() {
-            let mac = match &n.mac {
-                Some(m) => parse_mac(m)?,
-                None => random_mac(),
-            };
-            let tap = tap::open_tap(&n.tap).map_err(|e| VmError::Device {
-                what: format!("tap {}", n.tap),
-                reason: format!("{e}: {}", e.source_chain()),
-            })?;
-            devices.push(Box::new(Net::new(tap, mac, i)));
+        let mut cfg = cfg;
+        for (i, n) in cfg.nets.iter_mut().enumerate() {
+            let (dev, mac) = make_net(n, i)?;
+            // Keep the MAC for the domain's life (an in-place reboot reuses the config).
+            n.mac = Some(format_mac(mac));
+            devices.push((format!("net{i}"), PluggedKind::Net(n.clone()), dev));
         }
         if cfg.rng {
-            devices.push(Box::new(Rng::new()));
+            devices.push(("rng".into(), PluggedKind::Rng, Box::new(Rng::new())));
         }
         let mut balloon = None;
         if cfg.balloon {
             let held_mib = cfg.ram_mib() - cfg.memory_mib;
             let pages = u32::try_from((held_mib << 20) / BALLOON_PAGE).unwrap_or(u32::MAX);
             let (dev, handle) = Balloon::new(pages);
-            devices.push(Box::new(dev));
+            devices.push(("balloon".into(), PluggedKind::Balloon, Box::new(dev)));
             balloon = Some(handle);
         }
         let msi: Arc<dyn MsiSender> = Arc::new(KvmMsi { vm: vm_fd.clone() });
-        let intx_lines = [5u32, 10, 11];
-        let mut virtio = Vec::new();
         let ioevents: Arc<Mutex<HashMap<usize, Vec<EventFd>>>> = Arc::default();
-        for (i, d) in devices.into_iter().enumerate() {
-            let bar = PCI_MMIO_START + i as u64 * BAR_SIZE;
-            let gsi = intx_lines[i % intx_lines.len()];
-            let name = d.name();
-            let dev = VirtioPciDevice::new(
-                d,
-                mem.clone(),
-                msi.clone(),
-                bar,
-                Some((irq(gsi), gsi as u8)),
-            )
-            .map_err(|e| VmError::Device {
-                what: name.clone(),
-                reason: e.to_string(),
-            })?;
-            let dev = Arc::new(Mutex::new(dev));
-            mmio.insert(dev.clone(), bar, BAR_SIZE)
-                .map_err(dev_err(&name))?;
-            let slot = pci_root
+        let plugger = PciPlugger {
+            vm: vm_fd.clone(),
+            mem: mem.clone(),
+            msi,
+            mmio: mmio.clone(),
+            pci_root: pci_root.clone(),
+            ioevents: ioevents.clone(),
+        };
+        let mut virtio = Vec::new();
+        let mut plugged = Vec::new();
+        for (id, kind, d) in devices {
+            let (slot, dev) = plugger.plug(d)?;
+            hotplug
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .add_device(dev.clone())
-                .ok_or_else(|| VmError::Device {
-                    what: name.clone(),
-                    reason: "no free PCI slot".into(),
-                })?;
-            tracing::debug!("{name} at 00:{slot:02x}.0, BAR0 {bar:#x}");
-            // Queue notifications complete in the kernel (ioeventfd): a guest kick costs no exit
-            // to this process. The transport's own notify handler stays as a fallback.
-            let evts: Vec<EventFd> = dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .queue_evts()
-                .iter()
-                .filter_map(|e| e.try_clone().ok())
-                .collect();
-            register_ioevents(&vm_fd, &evts, bar, true);
-            ioevents
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(slot, evts);
-            virtio.push(dev);
+                .set_present(slot);
+            virtio.push(dev.clone());
+            plugged.push(Plugged {
+                id,
+                kind,
+                slot,
+                dev,
+            });
         }
         let (vm2, ioevents2) = (vm_fd.clone(), ioevents.clone());
         pci_root
@@ -535,6 +722,10 @@ impl Vm {
             console_info: console_info_v,
             _serial_backend_keep: keep,
             virtio,
+            plugger,
+            plugged,
+            hotplug,
+            removals: vec![],
             _stdin_guard: stdin_guard,
             balloon,
             affinity,
@@ -717,7 +908,18 @@ impl Vm {
     }
 
     /// Runs the domain until it ends; returns the process exit code.
-    pub fn run(mut self) -> ExitCode {
+    pub fn run(self) -> ExitCode {
+        self.run_with_config().0
+    }
+
+    /// Runs the domain until it ends; returns the exit code and the configuration as it is now
+    /// (hot-plugged devices included), for an in-place reboot.
+    pub fn run_with_config(mut self) -> (ExitCode, VmConfig) {
+        let code = self.run_inner();
+        (code, self.cfg.clone())
+    }
+
+    fn run_inner(&mut self) -> ExitCode {
         let mut server = match ApiServer::new(self.cfg.api_socket.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -745,6 +947,7 @@ impl Vm {
             _ => tracing::info!("domain ended: {reason}"),
         }
         self.stop_vcpus();
+        self.plugged.clear();
         for d in self.virtio.drain(..) {
             drop(d);
         }
@@ -813,17 +1016,30 @@ impl Vm {
                     serial_armed = want;
                 }
             }
-            let timeout = if serial_pending.is_empty() { -1 } else { 10 };
+            let mut timeout = if serial_pending.is_empty() { -1 } else { 10 };
+            if let Some(d) = self.removals.iter().map(|r| r.deadline).min() {
+                let ms = d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis()
+                    .min(60_000) as i32
+                    + 1;
+                timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+            }
             let n = match epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_err("epoll wait")(e)),
             };
+            self.expire_removals(server);
             for ev in &events[..n] {
                 match ev.data() {
                     T_EVENTS => {
                         let _ = self.sink.evt.read();
-                        if let Ok(m) = self.events_rx.try_recv() {
+                        while let Ok(m) = self.events_rx.try_recv() {
+                            if let Internal::Ejected(slot) = m {
+                                self.ejected(server, slot);
+                                continue;
+                            }
                             return Ok(match m {
                                 Internal::Guest(GuestEvent::PowerOff, r) => {
                                     (ExitCode::PowerOff, EventKind::PoweredOff, r)
@@ -835,6 +1051,7 @@ impl Vm {
                                     (ExitCode::Crash, EventKind::Crashed, r)
                                 }
                                 Internal::VmmError(r) => (ExitCode::Error, EventKind::Error, r),
+                                Internal::Ejected(_) => continue,
                             });
                         }
                     }
@@ -1003,8 +1220,243 @@ impl Vm {
                 let r = self.change_media(&disk, path, format);
                 server.reply(token, id, r);
             }
+            Command::DeviceAdd(req) => {
+                let r = self
+                    .device_add(req)
+                    .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()));
+                server.reply(token, id, r);
+            }
+            Command::DeviceRemove(req) => self.device_remove(server, token, id, req),
+            Command::Devices => {
+                let list = self.devices();
+                server.reply(
+                    token,
+                    id,
+                    serde_json::to_value(list).map_err(|e| e.to_string()),
+                );
+            }
         }
         None
+    }
+
+    fn device_info(&self, p: &Plugged) -> api::DeviceInfo {
+        let removing = self
+            .hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_removing(p.slot);
+        let (kind, disk, net) = match &p.kind {
+            PluggedKind::Console => ("console", None, None),
+            PluggedKind::Rng => ("rng", None, None),
+            PluggedKind::Balloon => ("balloon", None, None),
+            PluggedKind::Disk(d) => ("disk", Some(d.clone()), None),
+            PluggedKind::Net(n) => ("net", None, Some(n.clone())),
+        };
+        api::DeviceInfo {
+            id: p.id.clone(),
+            kind: kind.into(),
+            slot: p.slot as u8,
+            bdf: format!("0000:00:{:02x}.0", p.slot),
+            state: if removing { "ejecting" } else { "attached" }.into(),
+            disk,
+            net,
+        }
+    }
+
+    fn devices(&self) -> Vec<api::DeviceInfo> {
+        self.plugged.iter().map(|p| self.device_info(p)).collect()
+    }
+
+    /// Hot-plugs a disk or NIC and announces it to the guest (ACPI device check).
+    fn device_add(&mut self, req: api::DeviceAdd) -> Result<api::DeviceInfo, String> {
+        if let Some(id) = &req.device {
+            api::check_device_id(id)?;
+            if self.plugged.iter().any(|p| &p.id == id) {
+                return Err(format!("device id {id:?} is already in use"));
+            }
+        }
+        let fresh_id = |prefix: &str, plugged: &[Plugged]| {
+            (0..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|c| plugged.iter().all(|p| &p.id != c))
+                .unwrap_or_default()
+        };
+        let chain = |e: VmError| {
+            let mut msg = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cur = c.source();
+            }
+            msg
+        };
+        let (id, kind, dev) = match (req.disk, req.net) {
+            (Some(d), None) => {
+                if let Some(p) = self
+                    .plugged
+                    .iter()
+                    .find(|p| matches!(&p.kind, PluggedKind::Disk(x) if x.path == d.path))
+                {
+                    return Err(format!(
+                        "disk {} is already attached as {}",
+                        d.path.display(),
+                        p.id
+                    ));
+                }
+                let index = self.cfg.disks.len();
+                let dev = make_disk(&d, index).map_err(chain)?;
+                let id = req
+                    .device
+                    .unwrap_or_else(|| fresh_id("disk", &self.plugged));
+                (id, PluggedKind::Disk(d), dev)
+            }
+            (None, Some(mut n)) => {
+                if let Some(m) = &n.mac {
+                    parse_mac(m).map_err(|e| e.to_string())?;
+                }
+                if let Some(p) = self
+                    .plugged
+                    .iter()
+                    .find(|p| matches!(&p.kind, PluggedKind::Net(x) if x.tap == n.tap))
+                {
+                    return Err(format!("tap {} is already attached as {}", n.tap, p.id));
+                }
+                let index = self.cfg.nets.len();
+                let (dev, mac) = make_net(&n, index).map_err(chain)?;
+                n.mac = Some(format_mac(mac));
+                let id = req.device.unwrap_or_else(|| fresh_id("net", &self.plugged));
+                (id, PluggedKind::Net(n), dev)
+            }
+            _ => return Err("device_add needs exactly one of \"disk\" or \"net\"".into()),
+        };
+        let (slot, dev) = self.plugger.plug(dev).map_err(chain)?;
+        match &kind {
+            PluggedKind::Disk(d) => self.cfg.disks.push(d.clone()),
+            PluggedKind::Net(n) => self.cfg.nets.push(n.clone()),
+            _ => {}
+        }
+        self.virtio.push(dev.clone());
+        self.plugged.push(Plugged {
+            id,
+            kind,
+            slot,
+            dev,
+        });
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plug(slot);
+        let p = self.plugged.last().map(|p| self.device_info(p));
+        if let Some(p) = &p {
+            tracing::info!("hot-plugged {} ({}) at {}", p.id, p.kind, p.bdf);
+        }
+        p.ok_or_else(|| "internal error".into())
+    }
+
+    /// Asks the guest to eject a device; the reply is sent when it did (or at the timeout).
+    fn device_remove(
+        &mut self,
+        server: &mut ApiServer,
+        token: u64,
+        id: u64,
+        req: api::DeviceRemove,
+    ) {
+        let Some(p) = self.plugged.iter().find(|p| p.id == req.device) else {
+            server.reply(token, id, Err(format!("no device {:?}", req.device)));
+            return;
+        };
+        if !matches!(p.kind, PluggedKind::Disk(_) | PluggedKind::Net(_)) {
+            server.reply(
+                token,
+                id,
+                Err(format!("device {:?} cannot be removed", req.device)),
+            );
+            return;
+        }
+        let slot = p.slot;
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .request_eject(slot);
+        if req.force {
+            tracing::info!(
+                "{}: forced removal (the guest is told, not waited for)",
+                req.device
+            );
+            self.unplug_slot(slot);
+            server.reply(token, id, Ok(serde_json::json!({"forced": true})));
+            return;
+        }
+        let ms = req.timeout_ms.unwrap_or(DEFAULT_EJECT_TIMEOUT_MS);
+        self.removals.push(PendingRemoval {
+            token,
+            req: id,
+            id: req.device,
+            deadline: std::time::Instant::now() + std::time::Duration::from_millis(ms),
+        });
+    }
+
+    /// Releases the device in `slot` and drops it from the configuration.
+    fn unplug_slot(&mut self, slot: usize) -> Option<String> {
+        let pos = self.plugged.iter().position(|p| p.slot == slot)?;
+        let p = self.plugged.remove(pos);
+        self.plugger.unplug(slot, &p.dev);
+        self.hotplug
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unplugged(slot);
+        self.virtio.retain(|d| !Arc::ptr_eq(d, &p.dev));
+        match &p.kind {
+            PluggedKind::Disk(d) => {
+                if let Some(i) = self.cfg.disks.iter().position(|x| x.path == d.path) {
+                    self.cfg.disks.remove(i);
+                }
+            }
+            PluggedKind::Net(n) => {
+                if let Some(i) = self.cfg.nets.iter().position(|x| x.tap == n.tap) {
+                    self.cfg.nets.remove(i);
+                }
+            }
+            _ => {}
+        }
+        let id = p.id.clone();
+        // Dropping the last handle stops the worker and closes the image or tap.
+        drop(p);
+        tracing::info!("{id}: removed from slot {slot}");
+        Some(id)
+    }
+
+    fn ejected(&mut self, server: &mut ApiServer, slot: usize) {
+        let Some(id) = self.unplug_slot(slot) else {
+            return;
+        };
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+            .into_iter()
+            .partition(|r| r.id == id);
+        self.removals = rest;
+        for r in done {
+            server.reply(r.token, r.req, Ok(serde_json::json!({"ejected": true})));
+        }
+    }
+
+    fn expire_removals(&mut self, server: &mut ApiServer) {
+        let now = std::time::Instant::now();
+        let (late, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+            .into_iter()
+            .partition(|r| r.deadline <= now);
+        self.removals = rest;
+        for r in late {
+            server.reply(
+                r.token,
+                r.req,
+                Err(format!(
+                    "the guest did not eject {} in time; it stays attached until the guest \
+                     releases it (force removal does not wait)",
+                    r.id
+                )),
+            );
+        }
     }
 }
 

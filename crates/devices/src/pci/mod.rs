@@ -1,5 +1,7 @@
-//! PCI: configuration space model, MSI-X table, and the host bridge on ports 0xCF8/0xCFC.
+//! PCI: configuration space model, MSI-X table, the host bridge on ports 0xCF8/0xCFC, and ACPI
+//! hot-plug ([`hotplug`]).
 
+pub mod hotplug;
 pub mod msix;
 
 use std::sync::{Arc, Mutex};
@@ -265,6 +267,24 @@ impl PciRoot {
         Some(slot)
     }
 
+    /// Unplugs the device in `slot` (1..32) and returns it; config reads of the slot then see no
+    /// device.
+    pub fn remove_device(&mut self, slot: usize) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        self.slots.get_mut(slot)?.take()
+    }
+
+    /// Bitmap of occupied slots (bit 0 is the host bridge, always set).
+    pub fn occupied(&self) -> u32 {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_some())
+            .fold(1, |m, (i, _)| m | 1 << i)
+    }
+
     /// Next free slot, if any.
     pub fn next_free_slot(&self) -> Option<usize> {
         (1..PCI_SLOTS).find(|s| self.slots[*s].is_none())
@@ -392,6 +412,43 @@ mod tests {
         // Read-only identity.
         c.write(0, 0, &[0, 0, 0, 0]);
         assert_eq!(c.reg(0), 0x1042_1af4);
+    }
+
+    struct Dummy;
+    impl PciDevice for Dummy {
+        fn config_read(&mut self, _reg: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(0x11);
+        }
+        fn config_write(&mut self, _reg: usize, _offset: u64, _data: &[u8]) -> Option<BarMove> {
+            None
+        }
+    }
+
+    #[test]
+    fn devices_can_be_removed_and_slots_reused() {
+        let mut root = PciRoot::new(Arc::new(Bus::new()));
+        let a: SharedPciDevice = Arc::new(Mutex::new(Dummy));
+        assert_eq!(root.add_device(a.clone()), Some(1));
+        assert_eq!(root.add_device(a.clone()), Some(2));
+        assert_eq!(root.occupied(), 0b111);
+        let read_vendor = |root: &mut PciRoot, slot: u32| {
+            root.write(
+                PCI_CONFIG_PORT,
+                0,
+                &(0x8000_0000u32 | slot << 11).to_le_bytes(),
+            );
+            let mut b = [0u8; 4];
+            root.read(PCI_CONFIG_PORT, 4, &mut b);
+            u32::from_le_bytes(b)
+        };
+        assert_eq!(read_vendor(&mut root, 1), 0x1111_1111);
+        assert!(root.remove_device(1).is_some());
+        assert!(root.remove_device(1).is_none());
+        assert!(root.remove_device(0).is_none(), "the host bridge stays");
+        assert!(root.remove_device(99).is_none());
+        assert_eq!(read_vendor(&mut root, 1), 0xffff_ffff);
+        assert_eq!(root.occupied(), 0b101);
+        assert_eq!(root.next_free_slot(), Some(1));
     }
 
     #[test]

@@ -33,9 +33,3 @@ pub fn handler(name: &str) -> Option<Handler> {
     .iter()
     .find_map(|h| h(name))
 }
-
-/// Print an "only the dry run is implemented" error (never fake success).
-pub fn not_implemented(name: &str) -> i32 {
-    eprintln!("xl: command '{name}' is not implemented yet in rxen (only the -N dry run is)");
-    1
-}
