@@ -735,14 +735,18 @@ fn configure_guest(
         &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{h} {short}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         0o644,
     )?;
+    // By label, not by device name: the same image then boots under Xen (where the disks are
+    // /dev/xvda2 and /dev/xvda1, as in xen-tools' layout) and under rxen (virtio: /dev/vdX).
     let mut fstab = String::from("# /etc/fstab: static file system information.\n");
     let _ = writeln!(
         fstab,
-        "{}\t/\text4\tnoatime,nodiratime,errors=remount-ro\t0\t1",
-        spec.root_dev()
+        "# root is {} under Xen; swap {}1",
+        spec.root_dev(),
+        spec.device
     );
+    fstab.push_str("LABEL=root\t/\text4\tnoatime,nodiratime,errors=remount-ro\t0\t1\n");
     if spec.swap > 0 {
-        let _ = writeln!(fstab, "/dev/{}1\tnone\tswap\tsw\t0\t0", spec.device);
+        fstab.push_str("LABEL=swap\tnone\tswap\tsw\t0\t0\n");
     }
     fstab.push_str("proc\t/proc\tproc\tdefaults\t0\t0\n");
     write(root, "/etc/fstab", &fstab, 0o644)?;

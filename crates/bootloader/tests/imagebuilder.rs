@@ -110,7 +110,7 @@ fn builds_a_pygrub_bootable_raw_image() {
     // the guest's files
     assert_eq!(guest_file(&disk, "/etc/hostname"), "t1.example\n");
     let fstab = guest_file(&disk, "/etc/fstab");
-    assert!(fstab.contains("/dev/xvda2\t/\text4") && fstab.contains("/dev/xvda1\tnone\tswap"));
+    assert!(fstab.contains("LABEL=root\t/\text4") && fstab.contains("LABEL=swap\tnone\tswap"));
     assert!(guest_file(&disk, "/etc/network/interfaces").contains("iface eth0 inet dhcp"));
     assert!(guest_file(&disk, "/etc/securetty").contains("hvc0"));
     let shadow = guest_file(&disk, "/etc/shadow");

@@ -14,10 +14,12 @@
 
 mod assets;
 mod guest;
+mod tools;
 mod vmm;
 
 pub use assets::{linux_kvm_available, repo_root, require_linux_kvm, Assets};
 pub use guest::{CmdOutput, Guest};
+pub use tools::require_tool;
 pub use vmm::{BootSpec, Vmm};
 
 /// Errors of the harness.

@@ -37,26 +37,82 @@ pub fn list_row(row: &DomainRow) -> String {
     )
 }
 
-/// `xl list -v` extra header and row parts.
+/// Which optional column groups `xl list` prints (`-v`, `-Z`, `-c`, `-n`; combinable as in Xen).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListColumns {
+    /// `-v`: UUID, reason code, security label.
+    pub verbose: bool,
+    /// `-Z`: security label.
+    pub context: bool,
+    /// `-c`: cpupool name.
+    pub cpupool: bool,
+    /// `-n`: NUMA node affinity.
+    pub numa: bool,
+}
+
+/// `xl list` header with the optional column groups (xl_list.c `list_domains`).
+pub fn list_header_with(c: ListColumns) -> String {
+    let mut h = list_header();
+    if c.verbose {
+        h.push_str("   UUID                            Reason-Code\tSecurity Label");
+    }
+    if c.context && !c.verbose {
+        h.push_str("   Security Label");
+    }
+    if c.cpupool {
+        h.push_str("         Cpupool");
+    }
+    if c.numa {
+        h.push_str(" NODE Affinity");
+    }
+    h
+}
+
+/// One `xl list` row with the optional column groups. `pool` is the domain's cpupool name and
+/// `nodes` its node-affinity bitmap as xl prints it (`all`, `0-1`, …).
+pub fn list_row_with(row: &DomainRow, c: ListColumns, pool: &str, nodes: &str) -> String {
+    let mut s = list_row(row);
+    if c.verbose {
+        s.push(' ');
+        s.push_str(&row.rec.uuid);
+        match row.rec.state {
+            DomState::Shutdown(r) => s.push_str(&format!(" {:>8x}", r.code())),
+            _ => s.push_str(&format!(" {:>8}", "-")),
+        }
+    }
+    if c.verbose || c.context {
+        // No security modules on KVM hosts: the label is always "-".
+        s.push_str(&format!(" {:>16}", "-"));
+    }
+    if c.cpupool {
+        s.push_str(&format!("{pool:>16}"));
+    }
+    if c.numa {
+        s.push(' ');
+        s.push_str(nodes);
+    }
+    s
+}
+
+/// `xl list -v` header.
 pub fn list_verbose_header() -> String {
-    format!(
-        "{}   UUID                            Reason-Code\tSecurity Label",
-        list_header()
-    )
+    list_header_with(ListColumns {
+        verbose: true,
+        ..Default::default()
+    })
 }
 
 /// `xl list -v` row.
 pub fn list_verbose_row(row: &DomainRow) -> String {
-    let reason = match row.rec.state {
-        DomState::Shutdown(r) => format!(" {:>8x}", r.code()),
-        _ => format!(" {:>8}", "-"),
-    };
-    let uuid = if row.rec.domid == 0 {
-        "00000000-0000-0000-0000-000000000000".to_string()
-    } else {
-        row.rec.uuid.clone()
-    };
-    format!("{} {uuid}{reason} {:>16}", list_row(row), "-")
+    list_row_with(
+        row,
+        ListColumns {
+            verbose: true,
+            ..Default::default()
+        },
+        "",
+        "",
+    )
 }
 
 /// `xl vm-list` header.

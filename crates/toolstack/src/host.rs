@@ -128,6 +128,15 @@ pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
         }
     }
     let xs = crate::connect_xenstore(paths)?;
+    register_dom0(&xs)?;
+    if autostart {
+        autostart_domains(paths);
+    }
+    Ok(())
+}
+
+/// Registers the host as Domain-0 (name, memory, vCPUs, `/vm` entry) like xencommons does.
+pub fn register_dom0(xs: &rxen_xenstore::Client) -> Result<()> {
     let h = host_info();
     xs.write("/local/domain/0/name", "Domain-0")?;
     xs.write("/local/domain/0/domid", "0")?;
@@ -142,9 +151,6 @@ pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
     )?;
     xs.write("/vm/00000000-0000-0000-0000-000000000000/name", "Domain-0")?;
     xs.write("/tool/xenstored", "rxen")?;
-    if autostart {
-        autostart_domains(paths);
-    }
     Ok(())
 }
 
@@ -215,4 +221,70 @@ pub fn status(paths: &Paths) -> Result<(bool, String)> {
         s.push_str(&format!("domains: {n}\n"));
     }
     Ok((running, s))
+}
+
+/// A domain's NUMA node affinity as `xl list -n` prints it. rxen does not restrict guest memory to
+/// nodes, so every domain may use every node: xl's `print_bitmap` of a full map is `all`.
+pub fn numa_nodes_text() -> String {
+    "all".to_string()
+}
+
+/// The "hypervisor console" of `xl dmesg`: on rxen the hypervisor is the host kernel's KVM, so
+/// these are the kernel log records whose text mentions KVM or its vendor modules, formatted like
+/// Xen's console ring (`(XEN) [   12.345678] kvm_amd: …`). `clear` (`xl dmesg -c`) remembers the
+/// last sequence number shown in `marker` so later calls start after it; the host's own kernel
+/// log is never cleared.
+pub fn hypervisor_log(marker: &std::path::Path, clear: bool) -> std::io::Result<Vec<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let after: u64 = std::fs::read_to_string(marker)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")?;
+    let mut out = Vec::new();
+    let mut last = after;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // One record per read(2); EAGAIN at the end, EPIPE when a record was overwritten.
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                let Some((head, text)) = rec.split_once(';') else {
+                    continue;
+                };
+                let mut fields = head.split(',');
+                let _prio = fields.next();
+                let seq: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let usec: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let text = text.lines().next().unwrap_or("");
+                last = last.max(seq);
+                if seq <= after && after != 0 {
+                    continue;
+                }
+                let lower = text.to_ascii_lowercase();
+                if lower.contains("kvm") || lower.starts_with("svm:") || lower.starts_with("vmx:") {
+                    out.push(format!(
+                        "(XEN) [{:5}.{:06}] {text}",
+                        usec / 1_000_000,
+                        usec % 1_000_000
+                    ));
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if clear {
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(marker, format!("{last}\n"))?;
+    }
+    Ok(out)
 }

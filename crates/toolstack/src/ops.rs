@@ -329,6 +329,11 @@ pub fn list(xs: &Client, filter: &[String]) -> Result<Vec<DomainRow>> {
         .into_iter()
         .map(|rec| {
             if rec.domid == 0 {
+                // Dom0's handle is all zeroes in Xen.
+                let rec = DomainRecord {
+                    uuid: "00000000-0000-0000-0000-000000000000".into(),
+                    ..rec
+                };
                 return DomainRow {
                     mem_mib: rec.target_kib / 1024,
                     vcpus: rec.vcpus_online,
@@ -364,4 +369,89 @@ pub fn sysrq(xs: &Client, arg: &str, letter: &str) -> Result<()> {
     let r = registry::resolve(xs, arg)?;
     xs.write(&format!("{}/control/sysrq", dom_path(r.domid)), letter)?;
     Ok(())
+}
+
+/// What `xl trigger` can send (Xen's `libxl_trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Non-maskable interrupt into one vCPU.
+    Nmi,
+    /// Hard reset (the RESET line): the domain restarts per `on_reboot` without shutting down.
+    Reset,
+    /// INIT IPI.
+    Init,
+    /// ACPI power button.
+    Power,
+    /// ACPI sleep button.
+    Sleep,
+    /// Resume from S3.
+    S3Resume,
+}
+
+impl Trigger {
+    /// Parse xl's trigger name.
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Some(match s {
+            "nmi" => Trigger::Nmi,
+            "reset" => Trigger::Reset,
+            "init" => Trigger::Init,
+            "power" => Trigger::Power,
+            "sleep" => Trigger::Sleep,
+            "s3resume" => Trigger::S3Resume,
+            _ => return None,
+        })
+    }
+}
+
+/// `xl trigger <dom> <trigger> [vcpu]`: `nmi`, `reset` and `power` are delivered through the
+/// domain's VMM; `init`, `sleep` and `s3resume` are refused (rxen guests have no sleep states and
+/// an INIT without a following SIPI would only stop the vCPU).
+pub fn trigger(paths: &Paths, xs: &Client, arg: &str, what: Trigger, vcpu: u32) -> Result<()> {
+    let r = registry::resolve(xs, arg)?;
+    if r.domid == 0 {
+        return Err(Error::Other(
+            "cannot send a trigger to Domain-0 (the host)".into(),
+        ));
+    }
+    let cmd = match what {
+        Trigger::Nmi => ApiCmd::Nmi {
+            vcpu: u8::try_from(vcpu)
+                .map_err(|_| Error::Other(format!("no vCPU {vcpu} in domain {}", r.domid)))?,
+        },
+        Trigger::Reset => ApiCmd::Reboot,
+        Trigger::Power => ApiCmd::Shutdown,
+        Trigger::Init | Trigger::Sleep | Trigger::S3Resume => {
+            return Err(Error::Other(format!(
+                "trigger {what:?} is not supported by rxen domains (supported: nmi, reset, power)"
+            )))
+        }
+    };
+    api(paths, r.domid)?
+        .request(cmd)
+        .map_err(|source| Error::Vmm {
+            domid: r.domid,
+            source,
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::Trigger;
+
+    #[test]
+    fn trigger_names_are_xens() {
+        for (s, t) in [
+            ("nmi", Trigger::Nmi),
+            ("reset", Trigger::Reset),
+            ("init", Trigger::Init),
+            ("power", Trigger::Power),
+            ("sleep", Trigger::Sleep),
+            ("s3resume", Trigger::S3Resume),
+        ] {
+            assert_eq!(Trigger::parse(s), Some(t));
+        }
+        assert_eq!(Trigger::parse("NMI"), None);
+        assert_eq!(Trigger::parse(""), None);
+    }
 }

@@ -181,61 +181,112 @@ pub fn read_opt(xs: &impl XsOps, path: &str) -> XsResult<Option<String>> {
 
 /// Read one domain's record; `None` if it does not exist (or vanished meanwhile).
 pub fn read_domain(xs: &impl XsOps, domid: u32) -> Result<Option<DomainRecord>> {
+    Ok(read_domains(xs, &[domid])?.pop().flatten())
+}
+
+/// The nodes of one domain that phase 1 of [`read_domains`] reads, in order.
+const FIELDS: usize = 7;
+
+fn phase1_paths(domid: u32) -> [String; FIELDS] {
     let d = dom_path(domid);
-    let Some(name) = read_opt(xs, &format!("{d}/name"))? else {
-        return Ok(None);
-    };
-    let vm = read_opt(xs, &format!("{d}/vm"))?.unwrap_or_default();
-    let uuid = vm.strip_prefix("/vm/").unwrap_or("").to_string();
-    let num = |p: &str| -> Result<u64> {
-        Ok(read_opt(xs, &format!("{d}/{p}"))?
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0))
-    };
-    let target_kib = num("memory/target")?;
-    let max_kib = num("memory/static-max")?;
-    let mut vcpus_online = 0;
-    if let Ok(cpus) = xs.ls(&format!("{d}/cpu")) {
-        for c in cpus {
-            if read_opt(xs, &format!("{d}/cpu/{c}/availability"))?.as_deref() == Some("online") {
-                vcpus_online += 1;
+    let p = priv_path(domid);
+    [
+        format!("{d}/name"),
+        format!("{d}/vm"),
+        format!("{d}/memory/target"),
+        format!("{d}/memory/static-max"),
+        format!("{p}/state"),
+        format!("{p}/vmm-pid"),
+        format!("{p}/supervisor-pid"),
+    ]
+}
+
+/// Read several domains' records with a constant number of (pipelined) round trips, whatever
+/// the number of domains: `xl list` with 100 domains costs about what it costs with one.
+/// `None` for a domain that does not exist (or vanished meanwhile).
+pub fn read_domains(xs: &impl XsOps, ids: &[u32]) -> Result<Vec<Option<DomainRecord>>> {
+    // Phase 1: the fixed nodes and the vCPU directory of every domain.
+    let paths: Vec<String> = ids.iter().flat_map(|&id| phase1_paths(id)).collect();
+    let mut vals = xs.read_many(&paths).into_iter();
+    let cpu_dirs: Vec<String> = ids
+        .iter()
+        .map(|&id| format!("{}/cpu", dom_path(id)))
+        .collect();
+    let mut cpus = xs.ls_many(&cpu_dirs).into_iter();
+    struct Partial {
+        rec: DomainRecord,
+        cpus: Vec<String>,
+    }
+    let mut partial: Vec<Option<Partial>> = Vec::with_capacity(ids.len());
+    for &domid in ids {
+        let mut f: Vec<Option<String>> = Vec::with_capacity(FIELDS);
+        for _ in 0..FIELDS {
+            f.push(vals.next().transpose()?.flatten());
+        }
+        let cpu_list = cpus.next().transpose()?.flatten().unwrap_or_default();
+        let Some(name) = f[0].take() else {
+            partial.push(None);
+            continue;
+        };
+        let uuid = f[1]
+            .as_deref()
+            .and_then(|vm| vm.strip_prefix("/vm/"))
+            .unwrap_or("")
+            .to_string();
+        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.trim().parse().ok());
+        partial.push(Some(Partial {
+            rec: DomainRecord {
+                domid,
+                name,
+                uuid,
+                target_kib: num(&f[2]).unwrap_or(0),
+                max_kib: num(&f[3]).unwrap_or(0),
+                vcpus_online: 0,
+                state: f[4]
+                    .as_deref()
+                    .and_then(DomState::parse)
+                    .unwrap_or(DomState::Running),
+                vmm_pid: num(&f[5]).map(|v: u64| v as u32),
+                supervisor_pid: num(&f[6]).map(|v: u64| v as u32),
+                start_time: None,
+            },
+            cpus: cpu_list,
+        }));
+    }
+    // Phase 2: vCPU availability and start time.
+    let mut paths2 = Vec::new();
+    for p in partial.iter().flatten() {
+        let d = dom_path(p.rec.domid);
+        for c in &p.cpus {
+            paths2.push(format!("{d}/cpu/{c}/availability"));
+        }
+        paths2.push(format!("/vm/{}/start_time", p.rec.uuid));
+    }
+    let mut vals2 = xs.read_many(&paths2).into_iter();
+    let mut out = Vec::with_capacity(partial.len());
+    for p in partial {
+        let Some(mut p) = p else {
+            out.push(None);
+            continue;
+        };
+        for _ in &p.cpus {
+            if vals2.next().transpose()?.flatten().as_deref() == Some("online") {
+                p.rec.vcpus_online += 1;
             }
         }
+        let st = vals2.next().transpose()?.flatten();
+        if !p.rec.uuid.is_empty() {
+            p.rec.start_time = st.and_then(|s| s.parse().ok());
+        }
+        out.push(Some(p.rec));
     }
-    let p = priv_path(domid);
-    let state = read_opt(xs, &format!("{p}/state"))?
-        .and_then(|s| DomState::parse(&s))
-        .unwrap_or(DomState::Running);
-    let pid = |k: &str| -> Result<Option<u32>> {
-        Ok(read_opt(xs, &format!("{p}/{k}"))?.and_then(|s| s.parse().ok()))
-    };
-    Ok(Some(DomainRecord {
-        domid,
-        name,
-        uuid: uuid.clone(),
-        target_kib,
-        max_kib,
-        vcpus_online,
-        state,
-        vmm_pid: pid("vmm-pid")?,
-        supervisor_pid: pid("supervisor-pid")?,
-        start_time: if uuid.is_empty() {
-            None
-        } else {
-            read_opt(xs, &format!("/vm/{uuid}/start_time"))?.and_then(|s| s.parse().ok())
-        },
-    }))
+    Ok(out)
 }
 
 /// Every domain in the registry.
 pub fn all_domains(xs: &impl XsOps) -> Result<Vec<DomainRecord>> {
-    let mut v = Vec::new();
-    for id in list_domids(xs)? {
-        if let Some(r) = read_domain(xs, id)? {
-            v.push(r);
-        }
-    }
-    Ok(v)
+    let ids = list_domids(xs)?;
+    Ok(read_domains(xs, &ids)?.into_iter().flatten().collect())
 }
 
 /// Resolve a `domain-id` argument (numeric id or name) like xl does.

@@ -41,6 +41,12 @@ pub enum Command {
     Destroy,
     /// Receive events on this connection.
     Subscribe,
+    /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
+    Nmi {
+        /// vCPU index.
+        #[serde(default)]
+        vcpu: u8,
+    },
 }
 
 /// A request line.

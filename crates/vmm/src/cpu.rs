@@ -226,6 +226,8 @@ pub struct VcpuControl {
     cv: Condvar,
     /// Per-vCPU "is inside KVM_RUN or about to be" flags are not needed: kicks repeat until acked.
     pub kick_signal: i32,
+    /// Bit n set: inject an NMI into vCPU n before its next KVM_RUN (`xl trigger dom nmi`).
+    nmi_pending: std::sync::atomic::AtomicU64,
 }
 
 impl VcpuControl {
@@ -235,7 +237,23 @@ impl VcpuControl {
             state: Mutex::new((RunState::Running, 0)),
             cv: Condvar::new(),
             kick_signal,
+            nmi_pending: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Requests an NMI for vCPU `id`; the caller kicks the vCPUs so it is delivered promptly.
+    pub fn request_nmi(&self, id: u8) {
+        self.nmi_pending
+            .fetch_or(1u64 << (id % 64), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes vCPU `id`'s pending NMI request, if any.
+    fn take_nmi(&self, id: u8) -> bool {
+        let bit = 1u64 << (id % 64);
+        self.nmi_pending
+            .fetch_and(!bit, std::sync::atomic::Ordering::SeqCst)
+            & bit
+            != 0
     }
 
     /// Current desired state.
@@ -324,6 +342,11 @@ pub fn run_vcpu(
     let reason = loop {
         if !control.park_if_needed() {
             break VcpuExitReason::Stopped;
+        }
+        if control.take_nmi(id) {
+            if let Err(e) = vcpu.nmi() {
+                tracing::warn!("vcpu{id}: cannot inject NMI: {e}");
+            }
         }
         let r = vcpu.run();
         match r {

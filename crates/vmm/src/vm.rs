@@ -832,6 +832,15 @@ impl Vm {
                     .power_button();
                 server.reply(token, id, Ok(ok));
             }
+            Command::Nmi { vcpu } => {
+                if usize::from(vcpu) >= self.vcpus.len() {
+                    server.reply(token, id, Err(format!("no vCPU {vcpu}")));
+                } else {
+                    self.control.request_nmi(vcpu);
+                    self.kick_all();
+                    server.reply(token, id, Ok(ok));
+                }
+            }
             Command::Reboot => {
                 server.reply(token, id, Ok(ok));
                 return Some((

@@ -1,8 +1,10 @@
 //! A synchronous xenstore client.
 //!
-//! One [`Client`] is one connection. A background reader thread demultiplexes the socket:
-//! replies go to the waiting caller (matched by request id, so a `Client` can be shared between
-//! threads), watch events go to a channel read with [`Client::events`] / [`Client::next_event`].
+//! One [`Client`] is one connection, shareable between threads. There is no background thread:
+//! whichever caller is waiting reads the socket for everybody (leader/follower). A reply is handed
+//! to the caller whose request id it carries, a watch event is queued for [`Client::next_event`] /
+//! [`Client::events`]. A lone caller thus reads its own reply directly — one wake-up per round
+//! trip instead of two through a reader thread.
 //!
 //! ```no_run
 //! use rxen_xenstore::{Client, XsOps};
@@ -18,15 +20,13 @@
 //! # Ok::<(), rxen_xenstore::ClientError>(())
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::perms::Perms;
@@ -83,24 +83,183 @@ pub struct WatchEvent {
     pub token: String,
 }
 
+/// What the reading caller shares with the others.
+#[derive(Default)]
+struct Shared {
+    /// Requests in flight: `Some` once their reply has been read.
+    pending: HashMap<u32, Option<Message>>,
+    /// Watch events not yet taken.
+    events: VecDeque<WatchEvent>,
+    /// Some caller is reading the socket.
+    reading: bool,
+    /// The connection is gone (EOF, I/O error, protocol error, or dropped).
+    closed: bool,
+}
+
+/// The read side: bytes received but not yet a whole message stay in `buf`, so a read that
+/// times out never loses framing.
+struct ReadSide {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// The socket's current `SO_RCVTIMEO` (only changed when needed: one syscall saved per read).
+    timeout: Option<Duration>,
+}
+
+enum ReadOutcome {
+    Msg(Message),
+    TimedOut,
+    Closed,
+}
+
+impl ReadSide {
+    /// Reads until one whole message is buffered (or the timeout / EOF).
+    fn read_one(&mut self, timeout: Option<Duration>) -> ReadOutcome {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if self.buf.len() >= HEADER_LEN {
+                let mut hb = [0u8; HEADER_LEN];
+                hb.copy_from_slice(&self.buf[..HEADER_LEN]);
+                let h = Header::decode(&hb);
+                if h.len as usize > CLIENT_PAYLOAD_MAX {
+                    return ReadOutcome::Closed;
+                }
+                let total = HEADER_LEN + h.len as usize;
+                if self.buf.len() >= total {
+                    let payload = self.buf[HEADER_LEN..total].to_vec();
+                    self.buf.drain(..total);
+                    return ReadOutcome::Msg(Message {
+                        ty: h.ty,
+                        req_id: h.req_id,
+                        tx_id: h.tx_id,
+                        payload,
+                    });
+                }
+            }
+            let wait = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return ReadOutcome::TimedOut,
+                },
+            };
+            if wait != self.timeout {
+                if self.stream.set_read_timeout(wait).is_err() {
+                    return ReadOutcome::Closed;
+                }
+                self.timeout = wait;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return ReadOutcome::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return ReadOutcome::TimedOut
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadOutcome::Closed,
+            }
+        }
+    }
+}
+
 struct Inner {
     writer: Mutex<UnixStream>,
-    pending: Mutex<HashMap<u32, Sender<Message>>>,
+    reader: Mutex<ReadSide>,
+    shared: Mutex<Shared>,
+    cv: Condvar,
     next_req: AtomicU32,
-    closed: AtomicBool,
 }
 
 impl Inner {
-    fn lock_pending(&self) -> MutexGuard<'_, HashMap<u32, Sender<Message>>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Files a message read from the socket.
+    fn dispatch(sh: &mut Shared, m: Message) {
+        if m.ty == MsgType::WatchEvent as u32 {
+            if let Some(s) = split_strings(&m.payload) {
+                if s.len() >= 2 {
+                    sh.events.push_back(WatchEvent {
+                        path: s[0].to_string(),
+                        token: s[1].to_string(),
+                    });
+                }
+            }
+        } else if let Some(slot) = sh.pending.get_mut(&m.req_id) {
+            *slot = Some(m);
+        }
+        // A reply nobody waits for (its caller gave up) is dropped.
+    }
+
+    /// Becomes the reader while `sh.reading` was false: reads one message without holding the
+    /// shared lock, files it, wakes everybody. Returns the re-acquired lock.
+    fn lead<'a>(
+        &'a self,
+        mut sh: MutexGuard<'a, Shared>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Shared> {
+        sh.reading = true;
+        drop(sh);
+        let outcome = self
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_one(timeout);
+        let mut sh = self.lock_shared();
+        sh.reading = false;
+        match outcome {
+            ReadOutcome::Msg(m) => Inner::dispatch(&mut sh, m),
+            ReadOutcome::TimedOut => {}
+            ReadOutcome::Closed => sh.closed = true,
+        }
+        self.cv.notify_all();
+        sh
+    }
+
+    /// Waits for the reply to `req_id` (registered in `pending` before the request was sent).
+    fn wait_reply(&self, req_id: u32) -> Result<Message> {
+        let mut sh = self.lock_shared();
+        loop {
+            if let Some(Some(_)) = sh.pending.get(&req_id) {
+                let m = sh.pending.remove(&req_id).flatten();
+                return m.ok_or(Error::Closed);
+            }
+            if sh.closed {
+                sh.pending.remove(&req_id);
+                return Err(Error::Closed);
+            }
+            if sh.reading {
+                sh = self.cv.wait(sh).unwrap_or_else(|e| e.into_inner());
+            } else {
+                sh = self.lead(sh, None);
+            }
+        }
+    }
+}
+
+fn check_reply(ty: MsgType, reply: Message) -> Result<Vec<u8>> {
+    if reply.ty == MsgType::Error as u32 {
+        let name = split_strings(&reply.payload)
+            .and_then(|v| v.first().map(|s| s.to_string()))
+            .unwrap_or_default();
+        return Err(Error::Xs(Errno::from_name(&name)));
+    }
+    if reply.ty != ty as u32 {
+        return Err(Error::Protocol(format!(
+            "reply type {} to request type {}",
+            reply.ty, ty as u32
+        )));
+    }
+    Ok(reply.payload)
 }
 
 /// A connection to xenstored.
 pub struct Client {
     inner: Arc<Inner>,
-    events: Mutex<Receiver<WatchEvent>>,
-    reader: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -151,6 +310,49 @@ pub trait XsOps {
     /// Removes a node and its subtree.
     fn rm(&self, path: &str) -> Result<()> {
         self.request(MsgType::Rm, join_strings(&[path])).map(|_| ())
+    }
+
+    /// Sends several requests and returns their results in order. The default sends them one
+    /// by one; a [`Client`] pipelines them (one round trip).
+    fn request_batch(&self, reqs: Vec<(MsgType, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        reqs.into_iter()
+            .map(|(ty, payload)| self.request(ty, payload))
+            .collect()
+    }
+
+    /// Reads several nodes (pipelined on a [`Client`]); `Ok(None)` for a missing node.
+    fn read_many(&self, paths: &[String]) -> Vec<Result<Option<String>>> {
+        let reqs = paths
+            .iter()
+            .map(|p| (MsgType::Read, join_strings(&[p.as_str()])))
+            .collect();
+        self.request_batch(reqs)
+            .into_iter()
+            .map(|r| match r {
+                Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+                Err(Error::Xs(Errno::ENOENT)) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    /// Lists several directories (pipelined on a [`Client`]); `Ok(None)` for a missing node.
+    /// Directories too big for one reply are listed again with [`XsOps::ls`].
+    fn ls_many(&self, paths: &[String]) -> Vec<Result<Option<Vec<String>>>> {
+        let reqs = paths
+            .iter()
+            .map(|p| (MsgType::Directory, join_strings(&[p.as_str()])))
+            .collect();
+        self.request_batch(reqs)
+            .into_iter()
+            .zip(paths)
+            .map(|(r, p)| match r {
+                Ok(v) => Ok(Some(strings(&v)?)),
+                Err(Error::Xs(Errno::ENOENT)) => Ok(None),
+                Err(Error::Xs(Errno::E2BIG)) => self.ls(p).map(Some),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     /// Lists a node's children (falls back to `DIRECTORY_PART` for huge directories).
@@ -224,46 +426,6 @@ fn strings(v: &[u8]) -> Result<Vec<String>> {
 /// Largest reply accepted (oxenstored may exceed `XENSTORE_PAYLOAD_MAX` on DIRECTORY).
 const CLIENT_PAYLOAD_MAX: usize = 1 << 20;
 
-fn reader_loop(stream: UnixStream, inner: Arc<Inner>, events: Sender<WatchEvent>) {
-    let mut stream = std::io::BufReader::with_capacity(64 * 1024, stream);
-    let mut hdr = [0u8; HEADER_LEN];
-    loop {
-        if stream.read_exact(&mut hdr).is_err() {
-            break;
-        }
-        let h = Header::decode(&hdr);
-        if h.len as usize > CLIENT_PAYLOAD_MAX {
-            break;
-        }
-        let mut payload = vec![0u8; h.len as usize];
-        if stream.read_exact(&mut payload).is_err() {
-            break;
-        }
-        if h.ty == MsgType::WatchEvent as u32 {
-            if let Some(s) = split_strings(&payload) {
-                if s.len() >= 2 {
-                    let _ = events.send(WatchEvent {
-                        path: s[0].to_string(),
-                        token: s[1].to_string(),
-                    });
-                }
-            }
-            continue;
-        }
-        let waiter = inner.lock_pending().remove(&h.req_id);
-        if let Some(w) = waiter {
-            let _ = w.send(Message {
-                ty: h.ty,
-                req_id: h.req_id,
-                tx_id: h.tx_id,
-                payload,
-            });
-        }
-    }
-    inner.closed.store(true, Ordering::SeqCst);
-    inner.lock_pending().clear();
-}
-
 impl Client {
     /// Connects to the default socket ([`crate::paths::socket_path`]).
     pub fn open() -> Result<Client> {
@@ -291,60 +453,84 @@ impl Client {
     /// Wraps a connected stream.
     pub fn from_stream(stream: UnixStream) -> Result<Client> {
         let rd = stream.try_clone()?;
-        let inner = Arc::new(Inner {
-            writer: Mutex::new(stream),
-            pending: Mutex::new(HashMap::new()),
-            next_req: AtomicU32::new(1),
-            closed: AtomicBool::new(false),
-        });
-        let (tx, rx) = mpsc::channel();
-        let i2 = inner.clone();
-        let reader = std::thread::Builder::new()
-            .name("xs-client-reader".into())
-            .spawn(move || reader_loop(rd, i2, tx))?;
         Ok(Client {
-            inner,
-            events: Mutex::new(rx),
-            reader: Some(reader),
+            inner: Arc::new(Inner {
+                writer: Mutex::new(stream),
+                reader: Mutex::new(ReadSide {
+                    stream: rd,
+                    buf: Vec::new(),
+                    timeout: None,
+                }),
+                shared: Mutex::new(Shared::default()),
+                cv: Condvar::new(),
+                next_req: AtomicU32::new(1),
+            }),
         })
     }
 
     /// Sends a raw request with an explicit transaction id.
     pub fn request_tx(&self, ty: MsgType, tx_id: u32, payload: Vec<u8>) -> Result<Vec<u8>> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
+        self.request_window(vec![(ty, tx_id, payload)])
+            .pop()
+            .unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends several requests back to back and then collects their replies (one round trip
+    /// instead of one per request; xenstored answers a connection's requests in order). Each
+    /// element is `(type, transaction id, payload)`; the results are in the same order.
+    pub fn request_many(&self, reqs: Vec<(MsgType, u32, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        // Stay well below the daemons' per-connection limit on outstanding requests.
+        const WINDOW: usize = 64;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut it = reqs.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<_> = it.by_ref().take(WINDOW).collect();
+            out.extend(self.request_window(chunk));
         }
-        let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        self.inner.lock_pending().insert(req_id, tx);
-        let frame = Message {
-            ty: ty as u32,
-            req_id,
-            tx_id,
-            payload,
-        }
-        .encode();
+        out
+    }
+
+    fn request_window(&self, reqs: Vec<(MsgType, u32, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        let mut frames = Vec::new();
+        let mut ids = Vec::with_capacity(reqs.len());
         {
-            let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = w.write_all(&frame) {
-                self.inner.lock_pending().remove(&req_id);
-                return Err(e.into());
+            let mut sh = self.inner.lock_shared();
+            if sh.closed {
+                return reqs.iter().map(|_| Err(Error::Closed)).collect();
+            }
+            for (ty, tx_id, payload) in reqs {
+                let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+                sh.pending.insert(req_id, None);
+                frames.extend_from_slice(
+                    &Message {
+                        ty: ty as u32,
+                        req_id,
+                        tx_id,
+                        payload,
+                    }
+                    .encode(),
+                );
+                ids.push((ty, req_id));
             }
         }
-        let reply = rx.recv().map_err(|_| Error::Closed)?;
-        if reply.ty == MsgType::Error as u32 {
-            let name = split_strings(&reply.payload)
-                .and_then(|v| v.first().map(|s| s.to_string()))
-                .unwrap_or_default();
-            return Err(Error::Xs(Errno::from_name(&name)));
+        let written = {
+            let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.write_all(&frames)
+        };
+        if let Err(e) = written {
+            let mut sh = self.inner.lock_shared();
+            for (_, id) in &ids {
+                sh.pending.remove(id);
+            }
+            let kind = e.kind();
+            return ids
+                .iter()
+                .map(|_| Err(Error::Io(io::Error::from(kind))))
+                .collect();
         }
-        if reply.ty != ty as u32 {
-            return Err(Error::Protocol(format!(
-                "reply type {} to request type {}",
-                reply.ty, ty as u32
-            )));
-        }
-        Ok(reply.payload)
+        ids.into_iter()
+            .map(|(ty, id)| check_reply(ty, self.inner.wait_reply(id)?))
+            .collect()
     }
 
     /// Starts a transaction.
@@ -406,17 +592,47 @@ impl Client {
 
     /// Blocks for the next watch event.
     pub fn next_event(&self) -> Result<WatchEvent> {
-        let rx = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        rx.recv().map_err(|_| Error::Closed)
+        self.wait_event(None)
     }
 
     /// Waits up to `timeout` for the next watch event.
     pub fn next_event_timeout(&self, timeout: Duration) -> Result<WatchEvent> {
-        let rx = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Error::Timeout,
-            mpsc::RecvTimeoutError::Disconnected => Error::Closed,
-        })
+        self.wait_event(Some(timeout))
+    }
+
+    fn wait_event(&self, timeout: Option<Duration>) -> Result<WatchEvent> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let inner = &self.inner;
+        let mut sh = inner.lock_shared();
+        loop {
+            if let Some(ev) = sh.events.pop_front() {
+                return Ok(ev);
+            }
+            if sh.closed {
+                return Err(Error::Closed);
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(l) if !l.is_zero() => Some(l),
+                    _ => return Err(Error::Timeout),
+                },
+            };
+            if sh.reading {
+                sh = match left {
+                    None => inner.cv.wait(sh).unwrap_or_else(|e| e.into_inner()),
+                    Some(l) => {
+                        inner
+                            .cv
+                            .wait_timeout(sh, l)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            } else {
+                sh = inner.lead(sh, left);
+            }
+        }
     }
 
     /// An iterator over watch events (blocks; ends when the connection closes).
@@ -498,6 +714,10 @@ impl Client {
 }
 
 impl XsOps for Client {
+    fn request_batch(&self, reqs: Vec<(MsgType, Vec<u8>)>) -> Vec<Result<Vec<u8>>> {
+        self.request_many(reqs.into_iter().map(|(t, p)| (t, 0, p)).collect())
+    }
+
     fn request(&self, ty: MsgType, payload: Vec<u8>) -> Result<Vec<u8>> {
         self.request_tx(ty, 0, payload)
     }
@@ -507,9 +727,6 @@ impl Drop for Client {
     fn drop(&mut self) {
         if let Ok(w) = self.inner.writer.lock() {
             let _ = w.shutdown(Shutdown::Both);
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
         }
     }
 }

@@ -213,3 +213,68 @@ fn flooding_client_does_not_starve_others() {
         "daemon RSS {rss_kb} kB after flood of {sent} bytes"
     );
 }
+
+/// One `Client` shared by several requesting threads and a thread waiting for watch events:
+/// every caller gets its own replies (whoever happens to read the socket hands them over), the
+/// event waiter sees every event, and timeouts never lose framing.
+#[test]
+fn shared_client_demultiplexes_replies_and_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path());
+    let c = Arc::new(Client::connect(&d.socket).unwrap());
+    let other = Client::connect(&d.socket).unwrap();
+    c.watch("/shared/ev", "t").unwrap();
+    assert_eq!(
+        c.next_event_timeout(Duration::from_secs(10)).unwrap().path,
+        "/shared/ev"
+    );
+    // The event waiter polls with short timeouts while requests fly.
+    let waiter = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while seen.len() < 50 && std::time::Instant::now() < deadline {
+                match c.next_event_timeout(Duration::from_millis(3)) {
+                    Ok(e) => {
+                        seen.insert(e.path);
+                    }
+                    Err(ClientError::Timeout) => {}
+                    Err(e) => panic!("event wait failed: {e}"),
+                }
+            }
+            seen
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let p = format!("/shared/t{t}/n{i}");
+                    c.write(&p, format!("{t}:{i}")).unwrap();
+                    assert_eq!(c.read_string(&p).unwrap(), format!("{t}:{i}"));
+                    let batch: Vec<String> = (0..=i % 5)
+                        .map(|k| format!("/shared/t{t}/n{}", i - k.min(i)))
+                        .collect();
+                    for (k, r) in c.read_many(&batch).into_iter().enumerate() {
+                        let want = i - (k as u32).min(i);
+                        assert_eq!(r.unwrap().as_deref(), Some(format!("{t}:{want}").as_str()));
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        other.write(&format!("/shared/ev/{i}"), "x").unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let seen = waiter.join().unwrap();
+    assert_eq!(seen.len(), 50, "events seen: {seen:?}");
+    assert!(matches!(
+        c.read_many(&["/shared/none".to_string()]).pop().unwrap(),
+        Ok(None)
+    ));
+}

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p rxen-xenstore --bin xs-bench -- [--ops N] [--conns N] [--watchers N]
-//!     [--rounds N] [--only ours|oxenstored|cxenstored] [--no-persist]
+//!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist]
 //! ```
 //! The reference daemons are started through `tools/xen-ref/run-reference.sh` (found from the
 //! current directory upwards, or `$RXEN_REPO`). oxenstored's socket is fixed at
@@ -120,6 +120,71 @@ fn start_ref(kind: &'static str, tmp: &Path) -> Result<Proc> {
         name: kind,
         socket,
     })
+}
+
+/// The physical ceiling of a run: a "daemon" that does no work at all — one thread per
+/// connection answering every request with a canned reply of the right type (and firing watch
+/// events for the fan-out workload). No real xenstored can beat it on this machine and client;
+/// ratios against oxenstored are only meaningful next to it.
+fn start_ceiling(tmp: &Path) -> Result<PathBuf> {
+    use std::os::unix::net::UnixListener;
+    use std::sync::Mutex;
+    let socket = tmp.join("ceiling.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    let watchers: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let watchers = watchers.clone();
+            std::thread::spawn(move || {
+                let mut out = match conn.try_clone() {
+                    Ok(o) => o,
+                    Err(_) => return,
+                };
+                while let Ok(m) = read_msg(&mut conn) {
+                    let ty = MsgType::from_u32(m.ty).unwrap_or(MsgType::Error);
+                    let reply: Vec<u8> = match ty {
+                        MsgType::Read => b"v1".to_vec(),
+                        MsgType::TransactionStart => b"1\0".to_vec(),
+                        _ => b"OK\0".to_vec(),
+                    };
+                    if ty == MsgType::Watch {
+                        // Registered before the reply, so a write that follows it fires.
+                        if let Ok(c) = out.try_clone() {
+                            watchers.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+                        }
+                    }
+                    let r = Message::new(ty, m.req_id, m.tx_id, reply).encode();
+                    if out.write_all(&r).is_err() {
+                        return;
+                    }
+                    if ty == MsgType::Watch {
+                        let ev = Message::new(
+                            MsgType::WatchEvent,
+                            0,
+                            0,
+                            join_strings(&["/bench/fan", "t"]),
+                        );
+                        let _ = out.write_all(&ev.encode());
+                    }
+                    if ty == MsgType::Write && m.payload.starts_with(b"/bench/fan/") {
+                        let ev = Message::new(
+                            MsgType::WatchEvent,
+                            0,
+                            0,
+                            join_strings(&["/bench/fan/x", "t"]),
+                        )
+                        .encode();
+                        for w in watchers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+                            let _ = w.write_all(&ev);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(socket)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -295,6 +360,13 @@ fn main() -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("xs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let mut results: Vec<(&str, Vec<(&str, Stat)>)> = Vec::new();
+    if o.only.as_deref().is_none_or(|x| x == "ceiling") {
+        eprintln!("benchmarking the ceiling (a server that does no work) ...");
+        match start_ceiling(&tmp).and_then(|s| bench(&s, &o)) {
+            Ok(r) => results.push(("ceiling (no-op server)", r)),
+            Err(e) => eprintln!("ceiling: benchmark failed: {e:#}"),
+        }
+    }
     for kind in ["ours", "oxenstored", "cxenstored"] {
         if o.only.as_deref().is_some_and(|x| x != kind) {
             continue;

@@ -115,7 +115,7 @@ fn simple_opts(name: &str, argv: &[String], min: usize) -> Result<(Vec<OptArg>, 
     Ok((opts, ops))
 }
 
-/// `xl list [-l] [-v] [dom...]`.
+/// `xl list [-l] [-v] [-Z] [-c] [-n] [dom...]`.
 pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
     let (opts, doms) = match getopt(argv, &[], &[]) {
         Ok(x) => x,
@@ -125,25 +125,29 @@ pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
             return 2;
         }
     };
-    let mut verbose = false;
+    let mut cols = format::ListColumns::default();
     let mut long = false;
     for (o, _) in &opts {
         match o.as_str() {
-            "-v" | "--verbose" => verbose = true,
+            "-v" | "--verbose" => cols.verbose = true,
             "-l" | "--long" => long = true,
+            "-Z" | "--context" => cols.context = true,
+            "-c" | "--cpupool" => cols.cpupool = true,
+            "-n" | "--numa" => cols.numa = true,
             "-h" | "--help" => {
                 help(Some("list"));
                 return 0;
-            }
-            "-Z" | "--context" | "-c" | "--cpupool" | "-n" | "--numa" => {
-                eprintln!("xl: list {o} is not supported by rxen yet");
-                return 1;
             }
             _ => {
                 help(Some("list"));
                 return 2;
             }
         }
+    }
+    if doms.len() > 1 {
+        // Xen's xl lists all domains or exactly one.
+        help(Some("list"));
+        return 1;
     }
     let paths = Paths::from_env();
     let xs = match connect(&paths) {
@@ -175,16 +179,12 @@ pub fn main_list(_g: &Globals, argv: &[String]) -> i32 {
         println!("[\n{}\n]", out.join(",\n"));
         return 0;
     }
-    if verbose {
-        println!("{}", format::list_verbose_header());
-        for r in &rows {
-            println!("{}", format::list_verbose_row(r));
-        }
-    } else {
-        println!("{}", format::list_header());
-        for r in &rows {
-            println!("{}", format::list_row(r));
-        }
+    // rxen has one cpupool (all host CPUs) and does not restrict NUMA placement: every domain is
+    // in Pool-0 and may use every node (see docs/toolstack.md).
+    let nodes = rxen_toolstack::host::numa_nodes_text();
+    println!("{}", format::list_header_with(cols));
+    for r in &rows {
+        println!("{}", format::list_row_with(r, cols, "Pool-0", &nodes));
     }
     0
 }
@@ -201,7 +201,8 @@ pub fn main_vmlist(_g: &Globals, _argv: &[String]) -> i32 {
         Err(e) => return fail(e),
     };
     println!("{}", format::vm_list_header());
-    for r in rows.iter().filter(|r| r.rec.domid != 0) {
+    // Xen 4.17 lists Domain-0 too (checked against Debian's xl in tests/list_differential.rs).
+    for r in &rows {
         println!("{}", format::vm_list_row(r));
     }
     0
@@ -522,6 +523,66 @@ pub fn main_sysrq(_g: &Globals, argv: &[String]) -> i32 {
     with_host(|_, xs| ops::sysrq(xs, &doms[0], &doms[1]))
 }
 
+/// `xl trigger <Domain> <nmi|reset|init|power|sleep|s3resume> [<VCPU>]`.
+pub fn main_trigger(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, ops_) = match simple_opts("trigger", argv, 2) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let Some(what) = ops::Trigger::parse(&ops_[1]) else {
+        eprintln!("Invalid trigger \"{}\"", ops_[1]);
+        return 1;
+    };
+    let vcpu = match ops_.get(2).map(|v| v.parse::<u32>()) {
+        None => 0,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            eprintln!("Invalid vcpu \"{}\"", ops_[2]);
+            return 1;
+        }
+    };
+    with_host(|paths, xs| ops::trigger(paths, xs, &ops_[0], what, vcpu))
+}
+
+/// `xl dmesg [-c]`: the hypervisor's (KVM's) messages from the host kernel log.
+pub fn main_dmesg(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, _) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            help(Some("dmesg"));
+            return 2;
+        }
+    };
+    let mut clear = false;
+    for (o, _) in &opts {
+        match o.as_str() {
+            "-c" => clear = true,
+            "-h" | "--help" => {
+                help(Some("dmesg"));
+                return 0;
+            }
+            _ => {
+                help(Some("dmesg"));
+                return 2;
+            }
+        }
+    }
+    let paths = Paths::from_env();
+    match rxen_toolstack::host::hypervisor_log(&paths.run.join("dmesg-cleared"), clear) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("xl: cannot read the host kernel log (/dev/kmsg): {e}");
+            1
+        }
+    }
+}
+
 /// This group's handler for `name`, if it implements that command.
 pub fn handler(name: &str) -> Option<Handler> {
     Some(match name {
@@ -538,6 +599,8 @@ pub fn handler(name: &str) -> Option<Handler> {
         "domname" => main_domname,
         "rename" => main_rename,
         "sysrq" => main_sysrq,
+        "trigger" => main_trigger,
+        "dmesg" => main_dmesg,
         _ => return None,
     })
 }
