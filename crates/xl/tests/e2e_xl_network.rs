@@ -237,6 +237,20 @@ fn e2e_net_bridged_two_guests_builtin_and_debian_vif_bridge() {
     );
     assert!(o.status.success(), "{}", text(&o));
 
+    step("a vif that cannot come up fails xl create, like a failing hotplug script in Xen");
+    let bad = write_cfg(&host, &assets, "badvif", "vif = [ 'bridge=nosuchbr0' ]");
+    let o = host.xl(&["create", bad.to_str().unwrap()]);
+    assert!(!o.status.success(), "xl create succeeded: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("failed to start"),
+        "{}",
+        text(&o)
+    );
+    assert!(host.list_row("badvif").is_none());
+    let log = std::fs::read_to_string(host.root.join("var/log/xen/xl-badvif.log")).unwrap();
+    assert!(log.contains("nosuchbr0"), "{log}");
+    assert_no_leftovers(1);
+
     // Guest a: rxen's built-in bridge mode, a fixed MAC and a rate limit.
     // Guest b: Debian's vif-bridge script, default MAC.
     let mac_a = "00:16:3e:5e:00:0a";
