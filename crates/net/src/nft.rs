@@ -30,9 +30,18 @@ pub fn nft_binary() -> String {
     std::env::var("RXEN_NFT").unwrap_or_else(|_| "nft".to_string())
 }
 
-/// Runs `nft -j -f -` with a JSON document; returns stdout.
+/// Runs `nft -j '<document>'` with a JSON document; returns stdout.
+///
+/// The document goes on the command line: `nft -f -` opens the path `/dev/stdin`, which a
+/// minimal `/dev` (initramfs, containers) may lack. A document too large for one argument
+/// (128 KiB on Linux) is passed through `/proc/self/fd/0` instead.
 fn run_json(doc: &Value, what: &str) -> Result<String> {
-    run_nft(&["-j", "-f", "-"], Some(doc.to_string()), what)
+    let text = doc.to_string();
+    if text.len() < 100_000 {
+        run_nft(&["-j", &text], None, what)
+    } else {
+        run_nft(&["-j", "-f", "/proc/self/fd/0"], Some(text), what)
+    }
 }
 
 fn run_nft(args: &[&str], stdin: Option<String>, what: &str) -> Result<String> {

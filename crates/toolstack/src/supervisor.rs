@@ -306,12 +306,6 @@ fn publish(
     if let Some(tty) = &info.serial.path {
         xs.write(&format!("{d}/serial/0/tty"), tty)?;
     }
-    let st = if first && job.start_paused {
-        DomState::Paused
-    } else {
-        DomState::Running
-    };
-    registry::set_state(xs, domid, st)?;
     let mut handles = Vec::new();
     let defaults = rxen_net::NetDefaults::default();
     for (devid, kv) in &job.vifs {
@@ -341,6 +335,14 @@ fn publish(
     if let Err(e) = crate::hotplug::publish_boot_devices(paths, xs, job) {
         log(&format!("domain {domid}: device nodes: {e}"));
     }
+    // Running only once the vifs are up, so `xl create` fails (like Xen's, when a hotplug
+    // script fails) instead of reporting a domain that is about to vanish.
+    let st = if first && job.start_paused {
+        DomState::Paused
+    } else {
+        DomState::Running
+    };
+    registry::set_state(xs, domid, st)?;
     Ok(handles)
 }
 

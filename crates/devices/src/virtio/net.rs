@@ -1,4 +1,11 @@
-//! virtio-net over a tap device: receiveq 0, transmitq 1, no offloads, no mergeable buffers.
+//! virtio-net over a tap device: receiveq 0, transmitq 1.
+//!
+//! Checksum and TSO offloads are offered both ways and passed through the tap's virtio-net
+//! header: the guest may send unchecksummed TSO frames of up to 64 KiB (the host kernel
+//! segments them, or forwards them whole over a bridge), and the tap hands the guest such
+//! frames when the guest accepted `GUEST_TSO*` (the tap's offloads follow the features the
+//! driver acked). Without mergeable rx buffers, a guest that accepts large frames posts
+//! "big" receive buffers (one chain per frame, indirect descriptors).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::tap::VNET_HDR_LEN;
 use super::{
     read_config_bytes, ActivateContext, VirtioDevice, VirtioError, VirtioInterrupt, Worker,
-    WorkerContext, WorkerHandler, F_EVENT_IDX, TYPE_NET,
+    WorkerContext, WorkerHandler, F_EVENT_IDX, F_INDIRECT_DESC, TYPE_NET,
 };
 use crate::GuestMemoryMmap;
 
@@ -21,9 +28,64 @@ const TX: usize = 1;
 const TOKEN_RX: u64 = 0;
 const TOKEN_TX: u64 = 1;
 const TOKEN_TAP: u64 = 2;
+const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MAC: u64 = 1 << 5;
-/// Largest frame plus header we move (64 KiB frame + header).
-const MAX_PACKET: usize = 65_562;
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
+const F_GUEST_ECN: u64 = 1 << 9;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+const F_HOST_ECN: u64 = 1 << 13;
+/// Features offered: MAC, checksum and TSO offloads both ways, EVENT_IDX, indirect descriptors.
+const FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_MAC
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_GUEST_ECN
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_HOST_ECN
+    | F_EVENT_IDX
+    | F_INDIRECT_DESC;
+/// Largest frame plus header we move: a 64 KiB GSO frame, its headers and the vnet header.
+const MAX_PACKET: usize = VNET_HDR_LEN + 65_536 + 1024;
+
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
+
+/// The tap offloads (what the tap may hand us) that the guest's acked features allow.
+fn tap_offloads(acked: u64) -> libc::c_ulong {
+    let mut f = 0;
+    if acked & F_GUEST_CSUM != 0 {
+        f |= TUN_F_CSUM;
+        if acked & F_GUEST_TSO4 != 0 {
+            f |= TUN_F_TSO4;
+        }
+        if acked & F_GUEST_TSO6 != 0 {
+            f |= TUN_F_TSO6;
+        }
+        if acked & F_GUEST_ECN != 0 && f & (TUN_F_TSO4 | TUN_F_TSO6) != 0 {
+            f |= TUN_F_TSO_ECN;
+        }
+    }
+    f
+}
+
+fn set_tap_offloads(tap: &File, flags: libc::c_ulong) -> Result<(), VirtioError> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, flags) } < 0 {
+        return Err(VirtioError::Io {
+            what: "TUNSETOFFLOAD",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
 
 /// virtio-net device.
 pub struct Net {
@@ -56,7 +118,7 @@ impl VirtioDevice for Net {
         vec![QUEUE_SIZE, QUEUE_SIZE]
     }
     fn features(&self) -> u64 {
-        F_MAC | F_EVENT_IDX
+        FEATURES
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut c = [0u8; 8];
@@ -71,6 +133,7 @@ impl VirtioDevice for Net {
             what: "dup tap fd",
             source,
         })?;
+        set_tap_offloads(&tap, tap_offloads(ctx.acked_features))?;
         let handler = NetWorker {
             mem: ctx.mem,
             rxq,
@@ -80,7 +143,8 @@ impl VirtioDevice for Net {
             tap,
             tap_armed: true,
             rx_pending: None,
-            buf: vec![0; MAX_PACKET],
+            rx_buf: vec![0; MAX_PACKET],
+            tx_buf: vec![0; MAX_PACKET],
             interrupt: ctx.interrupt.clone(),
         };
         self.worker = Some(Worker::spawn(self.name(), handler, ctx.interrupt)?);
@@ -101,8 +165,10 @@ struct NetWorker {
     tx_evt: EventFd,
     tap: File,
     tap_armed: bool,
-    rx_pending: Option<Vec<u8>>,
-    buf: Vec<u8>,
+    /// Length of a frame read from the tap into `rx_buf` that no guest buffer took yet.
+    rx_pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
@@ -135,10 +201,10 @@ impl NetWorker {
                 if !(VNET_HDR_LEN..=MAX_PACKET).contains(&n) {
                     tracing::debug!("virtio-net: dropping tx packet of {n} bytes");
                 } else {
-                    r.read_exact(&mut self.buf[..n])
+                    r.read_exact(&mut self.tx_buf[..n])
                         .map_err(|e| bad(TX, format!("cannot read packet: {e}")))?;
-                    // Zero num_buffers (meaningless on tx) and send header + frame in one write.
-                    if let Err(e) = self.tap.write(&self.buf[..n]) {
+                    // Header + frame in one write; the tap ignores num_buffers.
+                    if let Err(e) = self.tap.write(&self.tx_buf[..n]) {
                         tracing::debug!("virtio-net: tap write failed: {e}");
                     }
                 }
@@ -162,10 +228,10 @@ impl NetWorker {
         let mem = self.mem.clone();
         let mut used = false;
         loop {
-            let pkt = match self.rx_pending.take() {
-                Some(p) => p,
-                None => match self.tap.read(&mut self.buf) {
-                    Ok(n) => self.buf[..n].to_vec(),
+            let n = match self.rx_pending.take() {
+                Some(n) => n,
+                None => match self.tap.read(&mut self.rx_buf) {
+                    Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::debug!("virtio-net: tap read failed: {e}");
@@ -185,23 +251,23 @@ impl NetWorker {
             let Some(chain) = chain else {
                 // No guest buffer: keep the packet and stop polling the tap until the guest adds
                 // some (its notification is enabled above).
-                self.rx_pending = Some(pkt);
+                self.rx_pending = Some(n);
                 break;
             };
             let head = chain.head_index();
             let mut w = chain
                 .writer(&mem)
                 .map_err(|e| bad(RX, format!("unwritable buffer: {e}")))?;
-            let len = if w.available_bytes() < pkt.len() || pkt.len() < VNET_HDR_LEN {
+            let len = if w.available_bytes() < n || n < VNET_HDR_LEN {
                 tracing::debug!("virtio-net: rx buffer too small; packet dropped");
                 0
             } else {
-                let mut p = pkt;
+                let p = &mut self.rx_buf[..n];
                 p[10] = 1; // num_buffers
                 p[11] = 0;
-                w.write_all(&p)
+                w.write_all(p)
                     .map_err(|e| bad(RX, format!("cannot fill buffer: {e}")))?;
-                p.len() as u32
+                n as u32
             };
             self.rxq.add_used(&mem, head, len).map_err(qerr)?;
             used = true;
