@@ -176,7 +176,11 @@ fn start_ceiling(tmp: &Path) -> Result<PathBuf> {
                             join_strings(&["/bench/fan/x", "t"]),
                         )
                         .encode();
-                        for w in watchers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+                        for w in watchers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter_mut()
+                        {
                             let _ = w.write_all(&ev);
                         }
                     }
