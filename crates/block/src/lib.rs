@@ -304,7 +304,7 @@ impl DiskOptions {
 /// Opens (and locks) a disk.
 pub fn open(opts: &DiskOptions) -> Result<Box<dyn DiskBackend>> {
     let spec = opts.spec();
-    let file = lock::open_locked(&opts.path, !opts.read_only, &spec)?;
+    let (file, handover) = lock::open_top(&opts.path, !opts.read_only, &spec)?;
     let format = match opts.format {
         FormatChoice::Raw => ImageFormat::Raw,
         FormatChoice::Qcow2 => ImageFormat::Qcow2,
@@ -327,19 +327,45 @@ pub fn open(opts: &DiskOptions) -> Result<Box<dyn DiskBackend>> {
             }
         }
     };
-    match format {
-        ImageFormat::Raw => Ok(Box::new(raw::RawDisk::new(
+    let disk: Box<dyn DiskBackend> = match format {
+        ImageFormat::Raw => Box::new(raw::RawDisk::new(file, &opts.path, opts.read_only, &spec)?),
+        ImageFormat::Qcow2 => Box::new(qcow2::Qcow2Disk::open(
             file,
             &opts.path,
             opts.read_only,
             &spec,
-        )?)),
-        ImageFormat::Qcow2 => Ok(Box::new(qcow2::Qcow2Disk::open(
-            file,
-            &opts.path,
-            opts.read_only,
-            &spec,
-        )?)),
+        )?),
+    };
+    Ok(match handover {
+        Some(h) => Box::new(HandedOver { disk, _lock: h }),
+        None => disk,
+    })
+}
+
+/// A disk whose image lock is registered for handover ([`lock::Handover`]), removed with it.
+struct HandedOver {
+    disk: Box<dyn DiskBackend>,
+    _lock: lock::Handover,
+}
+
+impl DiskBackend for HandedOver {
+    fn info(&self) -> &DiskInfo {
+        self.disk.info()
+    }
+    fn read(&mut self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        self.disk.read(offset, bufs)
+    }
+    fn write(&mut self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        self.disk.write(offset, bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.disk.flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.disk.discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.disk.write_zeroes(offset, len, unmap)
     }
 }
 

@@ -27,9 +27,10 @@ use std::sync::Arc;
 pub use bus::{Bus, BusDevice};
 pub use snapshot::{Snapshot, SnapshotError};
 
-/// The guest memory type used throughout rxen (one alias so that dirty tracking can be switched on
-/// later in a single place).
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// The guest memory type used throughout rxen. Its `AtomicBitmap` records every page the VMM
+/// itself writes (virtio rings and buffers filled by device backends); together with KVM's dirty
+/// log (guest writes) it gives live migration the complete dirty set.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// An event a guest raises through a platform device and that ends (or changes) the domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -10,6 +10,7 @@
 //! * [`host`]: host services (`rxen host start|stop|status`, Xen's xencommons/xendomains).
 //! * [`console`]: attaching a terminal (or a pipe) to a domain console (`xl console`).
 //! * [`hotplug`]: devices into running domains (`xl block-attach`, `network-attach`, …).
+//! * [`migrate`]: `xl save`, `xl restore` (save files in Xen's xl format carrying rxen streams).
 
 pub mod build;
 pub mod console;
@@ -17,6 +18,7 @@ pub mod cpumem;
 pub mod format;
 pub mod host;
 pub mod hotplug;
+pub mod migrate;
 pub mod ops;
 pub mod paths;
 pub mod registry;

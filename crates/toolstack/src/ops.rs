@@ -24,6 +24,18 @@ pub struct CreateOpts {
 /// Create a domain from a parsed configuration; returns its domid once the VMM runs.
 /// Nothing is left behind when it fails.
 pub fn create(paths: &Paths, xs: &Client, cfg: &DomainConfig, opts: &CreateOpts) -> Result<u32> {
+    create_from(paths, xs, cfg, opts, None)
+}
+
+/// [`create`], restoring the domain's state from the save file `restore` instead of booting it
+/// when given (`xl restore`, the receiving side of a migration).
+pub fn create_from(
+    paths: &Paths,
+    xs: &Client,
+    cfg: &DomainConfig,
+    opts: &CreateOpts,
+    restore: Option<&std::path::Path>,
+) -> Result<u32> {
     paths
         .ensure_dirs()
         .map_err(io_err("creating rxen's host directories"))?;
@@ -61,7 +73,7 @@ pub fn create(paths: &Paths, xs: &Client, cfg: &DomainConfig, opts: &CreateOpts)
             dtype: cfg.c_info.type_.as_str(),
         },
     )?;
-    match start_supervisor(paths, xs, &cfg, domid, opts) {
+    match start_supervisor(paths, xs, &cfg, domid, opts, restore) {
         Ok(()) => Ok(domid),
         Err(e) => {
             let _ = force_destroy(paths, xs, domid);
@@ -76,10 +88,14 @@ fn start_supervisor(
     cfg: &DomainConfig,
     domid: u32,
     opts: &CreateOpts,
+    restore: Option<&std::path::Path>,
 ) -> Result<()> {
     let name = cfg.c_info.name.clone().unwrap_or_default();
     let dir = paths.domain_run_dir(domid);
     std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    if let Some(f) = restore {
+        crate::migrate::mark_restore(&dir, f)?;
+    }
     let console_dir = paths.log.join("console");
     std::fs::create_dir_all(&console_dir).map_err(io_err("creating console log dir"))?;
     let job = build_job(
@@ -127,7 +143,9 @@ fn start_supervisor(
         .map_err(io_err(format!("starting {}", bin.display())))?;
 
     // Wait until the supervisor reports the VMM running (or the domain vanished on failure).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Restoring (xl restore, incoming migration) reads the whole stream before the VMM runs.
+    let wait = if restore.is_some() { 600 } else { 60 };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         match registry::read_domain(xs, domid)? {
             Some(r) if matches!(r.state, DomState::Running | DomState::Paused) => return Ok(()),
@@ -141,7 +159,7 @@ fn start_supervisor(
         }
         if Instant::now() > deadline {
             return Err(Error::Timeout(format!(
-                "domain {domid} ({name}) did not start within 60s; see {}",
+                "domain {domid} ({name}) did not start within {wait}s; see {}",
                 logp.display()
             )));
         }

@@ -254,10 +254,16 @@ fn spawn_vmm(paths: &Paths, job: &DomainJob) -> Result<Child> {
         bin.display(),
         cfg.display()
     ));
-    Command::new(&bin)
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config").arg(&cfg);
+    if let Some(f) = crate::migrate::take_restore(&dir) {
+        log(&format!("restoring from {}", f.display()));
+        cmd.arg("--restore").arg(f);
+        if job.start_paused {
+            cmd.arg("--paused");
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(logf)
         .stderr(logf2)
         .spawn()
@@ -275,7 +281,8 @@ fn publish(
 ) -> Result<Vec<rxen_net::VifHandle>> {
     let domid = job.domid;
     let sock = job.vm.api_socket.clone().unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A restoring VMM (xl restore, incoming migration) reads its whole stream first.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let mut api = loop {
         if let Some(st) = child.try_wait().map_err(io_err("waiting for the VMM"))? {
             return Err(Error::Other(format!(

@@ -81,6 +81,22 @@ pub enum Command {
     DeviceRemove(DeviceRemove),
     /// List the PCI devices ([`DeviceInfo`]s).
     Devices,
+    /// Pause and append the domain's state (rxen stream) to the file at `path`; the domain stays
+    /// paused. The result is `{bytes, pages, millis}`.
+    Save {
+        /// File to append to (created by the caller).
+        path: std::path::PathBuf,
+    },
+    /// Live migration: connect to the UNIX socket `path` and send the domain as an rxen stream
+    /// (pre-copy rounds, then a short pause for the rest). On success the domain stays paused;
+    /// the result is a `LiveSummary`.
+    MigrateSend {
+        /// Socket the toolstack listens on.
+        path: std::path::PathBuf,
+        /// Downtime target and bounds.
+        #[serde(default)]
+        opts: crate::vm::LiveOpts,
+    },
     /// Inject a non-maskable interrupt into one vCPU (`xl trigger dom nmi [vcpu]`).
     Nmi {
         /// vCPU index.

@@ -353,9 +353,12 @@ pub fn create_memory(mem_bytes: u64) -> Result<(GuestMemoryMmap, RamMappings), S
         // SAFETY: [aligned, aligned + len) is a live read/write mapping owned by `owned`, which
         // the caller keeps alive as long as the returned memory is used.
         let region = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new(len)
-                .with_mmap_flags(flags)
-                .with_raw_mmap_pointer(aligned as *mut u8)
+            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+                len,
+                <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len),
+            )
+            .with_mmap_flags(flags)
+            .with_raw_mmap_pointer(aligned as *mut u8)
         }
         .build()
         .map_err(|e| e.to_string())?;

@@ -220,9 +220,13 @@ pub enum RunState {
     Stopping,
 }
 
+/// Work run by a parked vCPU thread on its own vCPU (state capture for save/migration).
+pub type VcpuTask = Box<dyn FnOnce(&VcpuFd) + Send>;
+
 /// Coordination between the VMM thread and the vCPU threads.
 pub struct VcpuControl {
     state: Mutex<(RunState, usize)>,
+    tasks: Mutex<std::collections::HashMap<u8, VcpuTask>>,
     cv: Condvar,
     /// Per-vCPU "is inside KVM_RUN or about to be" flags are not needed: kicks repeat until acked.
     pub kick_signal: i32,
@@ -235,6 +239,7 @@ impl VcpuControl {
     pub fn new(kick_signal: i32) -> Self {
         Self {
             state: Mutex::new((RunState::Running, 0)),
+            tasks: Mutex::default(),
             cv: Condvar::new(),
             kick_signal,
             nmi_pending: std::sync::atomic::AtomicU64::new(0),
@@ -286,7 +291,54 @@ impl VcpuControl {
         g.1 >= n
     }
 
+    /// Hands `task` to parked vCPU `id` (the caller has paused the vCPUs).
+    pub fn post_task(&self, id: u8, task: VcpuTask) {
+        let _g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, task);
+        self.cv.notify_all();
+    }
+
+    /// Like `park_if_needed`, and runs tasks posted for vCPU `id` while parked. Before the first
+    /// task, a KVM_RUN with `immediate_exit` completes an I/O exit already handled in userspace so
+    /// that the captured state is consistent (KVM's documented rule for saving state).
+    fn park_and_serve(&self, vcpu: &mut VcpuFd, id: u8) -> bool {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == RunState::Running {
+            return true;
+        }
+        g.1 += 1;
+        self.cv.notify_all();
+        let mut settled = false;
+        while g.0 == RunState::Paused {
+            let task = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            match task {
+                Some(t) => {
+                    drop(g);
+                    if !settled {
+                        vcpu.set_kvm_immediate_exit(1);
+                        let _ = vcpu.run();
+                        vcpu.set_kvm_immediate_exit(0);
+                        settled = true;
+                    }
+                    t(vcpu);
+                    g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                }
+                None => g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+        g.1 -= 1;
+        g.0 == RunState::Running
+    }
+
     /// Called by a vCPU thread: parks while paused; returns false if it must exit.
+    #[allow(dead_code)]
     fn park_if_needed(&self) -> bool {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 == RunState::Running {
@@ -340,7 +392,7 @@ pub fn run_vcpu(
     let run_ptr = vcpu.get_kvm_run() as *mut kvm_bindings::kvm_run as *mut u8;
     KVM_RUN.with(|p| p.set(run_ptr));
     let reason = loop {
-        if !control.park_if_needed() {
+        if !control.park_and_serve(&mut vcpu, id) {
             break VcpuExitReason::Stopped;
         }
         if control.take_nmi(id) {

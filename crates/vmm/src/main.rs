@@ -53,6 +53,12 @@ struct Cli {
     /// Settings as JSON (`VmConfig`); command-line options override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Restore the domain from a save file (xl save file or bare rxen stream) instead of booting.
+    #[arg(long)]
+    restore: Option<PathBuf>,
+    /// Start with the vCPUs paused (resume with the API's `unpause`).
+    #[arg(long)]
+    paused: bool,
 }
 
 fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -109,6 +115,8 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
+    let mut restore = cli.restore.clone();
+    let paused = cli.paused;
     let cfg = match build_config(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -118,9 +126,26 @@ fn main() {
     };
     vm::block_termination_signals();
     let mut cfg = cfg;
+    // A restored domain's image locks may still be held by the VMM it comes from (live
+    // migration): its disks open unlocked and take the locks once the whole stream is in.
+    rxen_block::lock::defer(restore.is_some());
     let code = loop {
         let r = match vm::Vm::new(cfg.clone()) {
-            Ok(v) => {
+            Ok(mut v) => {
+                if paused && restore.is_some() {
+                    v.start_paused();
+                }
+                match restore.take().map(|p| (v.restore_from_path(&p), p)) {
+                    Some((Err(e), p)) => {
+                        tracing::error!("restore from {} failed: {e}", p.display());
+                        std::process::exit(ExitCode::Error as i32);
+                    }
+                    Some((Ok(()), p)) => tracing::info!("restored from {}", p.display()),
+                    None => {}
+                }
+                if paused {
+                    v.start_paused();
+                }
                 // Keep hot-plugged devices (and the MACs in use) across an in-place reboot.
                 let (code, now) = v.run_with_config();
                 cfg = now;

@@ -38,6 +38,9 @@ use crate::cpu::{self, RunState, VcpuControl, VcpuExitReason};
 use crate::layout::*;
 use crate::{acpi, boot, console, ExitCode};
 
+mod snapshot;
+pub use snapshot::{LiveOpts, LiveSummary, SaveSummary, SnapshotError, StreamMeta};
+
 /// Errors building or running a domain.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -357,6 +360,7 @@ pub struct Vm {
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
+    cmos: Arc<Mutex<Cmos>>,
     control: Arc<VcpuControl>,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     vcpus: Vec<VcpuHandle>,
@@ -532,7 +536,7 @@ impl Vm {
                 0
             });
         let low = mem_bytes.min(MMIO32_START);
-        let cmos = Cmos::new(offset, low, mem_bytes - low);
+        let cmos = Arc::new(Mutex::new(Cmos::new(offset, low, mem_bytes - low)));
         let dev_err = |what: &str| {
             let what = what.to_string();
             move |e: rxen_devices::bus::BusError| VmError::Device {
@@ -548,7 +552,7 @@ impl Vm {
             5,
         )
         .map_err(dev_err("i8042"))?;
-        pio.insert(Arc::new(Mutex::new(cmos)), cmos::CMOS_BASE, 2)
+        pio.insert(cmos.clone(), cmos::CMOS_BASE, 2)
             .map_err(dev_err("cmos"))?;
         pio.insert(
             Arc::new(Mutex::new(PvPanic::new(ev.clone()))),
@@ -712,6 +716,7 @@ impl Vm {
             mmio,
             serial,
             acpi_pm,
+            cmos,
             control: Arc::new(VcpuControl::new(kick_signal)),
             vcpu_fds,
             vcpus: vec![],
@@ -771,6 +776,27 @@ impl Vm {
                 unsafe { libc::pthread_kill(v.thread.as_pthread_t(), self.control.kick_signal) };
             }
         }
+    }
+
+    /// `vcpuN: thread state, kernel wait channel` (for a vCPU that does not answer).
+    fn vcpu_diagnosis(&self, i: usize) -> String {
+        let Some(v) = self.vcpus.get(i) else {
+            return format!("vcpu{i}: no thread");
+        };
+        if v.thread.is_finished() {
+            return format!("vcpu{i}: thread ended");
+        }
+        let tid = v.tid.load(AtomicOrdering::SeqCst);
+        let task = format!("/proc/self/task/{tid}");
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        let wchan = std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+        format!("vcpu{i} (tid {tid}): state {state}, waiting in {wchan:?}")
     }
 
     fn live_vcpus(&self) -> usize {
@@ -1161,6 +1187,12 @@ impl Vm {
                 }
             }
             Command::Unpause => {
+                // Image locks released for a migration are taken back before the guest runs;
+                // if another VMM has them now, this one stays paused.
+                if let Err(e) = rxen_block::lock::resume_all() {
+                    server.reply(token, id, Err(format!("cannot resume: {e}")));
+                    return None;
+                }
                 self.control.set_state(RunState::Running);
                 server.reply(token, id, Ok(ok));
                 server.broadcast(&Event {
@@ -1234,6 +1266,42 @@ impl Vm {
                     id,
                     serde_json::to_value(list).map_err(|e| e.to_string()),
                 );
+            }
+            Command::Save { path } => {
+                // The domain stays paused afterwards: the toolstack destroys or unpauses it.
+                let r = self.save_to_path(&path);
+                server.broadcast(&Event {
+                    v: api::API_VERSION,
+                    event: EventKind::Paused,
+                    reason: "saving".into(),
+                    exit_code: None,
+                });
+                match r {
+                    Ok(sum) => {
+                        tracing::info!(
+                            "saved to {}: {} bytes, {} pages, {} ms",
+                            path.display(),
+                            sum.bytes,
+                            sum.pages,
+                            sum.millis
+                        );
+                        server.reply(token, id, Ok(serde_json::to_value(sum).unwrap_or_default()))
+                    }
+                    Err(e) => server.reply(token, id, Err(format!("save failed: {e}"))),
+                }
+            }
+            Command::MigrateSend { path, opts } => {
+                // Pre-copy runs while the guest runs; on success the domain stays paused.
+                match self.migrate_to_socket(&path, &opts) {
+                    Ok(sum) => {
+                        tracing::info!("migration stream sent: {sum:?}");
+                        server.reply(token, id, Ok(serde_json::to_value(sum).unwrap_or_default()))
+                    }
+                    Err(e) => {
+                        tracing::warn!("migration failed, the domain runs on: {e}");
+                        server.reply(token, id, Err(format!("migration failed: {e}")))
+                    }
+                }
             }
         }
         None

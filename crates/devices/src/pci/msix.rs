@@ -201,6 +201,24 @@ impl Msix {
         self.st.clone()
     }
 
+    /// Replaces the state with a captured one (same number of vectors); pending unmasked vectors
+    /// are not re-delivered here (the guest re-reads the PBA or the device signals again).
+    pub fn set_state(&mut self, st: MsixState) -> Result<(), crate::SnapshotError> {
+        if st.entries.len() != self.len() || st.pending.len() != self.len() {
+            return Err(crate::SnapshotError::Invalid {
+                component: "msix",
+                reason: format!(
+                    "{} vectors / {} pending bits captured, the device has {}",
+                    st.entries.len(),
+                    st.pending.len(),
+                    self.len()
+                ),
+            });
+        }
+        self.st = st;
+        Ok(())
+    }
+
     /// Resets to power-on (all masked, disabled).
     pub fn reset(&mut self) {
         let n = self.len() as u16;

@@ -667,3 +667,299 @@ mod tests {
         }
     }
 }
+
+/// Captured state of one virtqueue (the driver's configuration and the ring positions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtqueueState {
+    /// Size the driver selected.
+    pub size: u16,
+    /// Queue enabled.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+    /// Next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// Next used-ring entry the device will fill.
+    pub next_used: u16,
+}
+
+/// Captured state of a virtio-pci function: transport registers, queues, interrupt routing and
+/// MSI-X. The PCI configuration space itself is captured through the host bridge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciState {
+    /// Virtio device type (checked on restore).
+    pub device_type: u32,
+    /// Device feature select.
+    pub device_feature_select: u32,
+    /// Driver feature select.
+    pub driver_feature_select: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// Device status.
+    pub status: u8,
+    /// Configuration generation.
+    pub config_generation: u8,
+    /// Queue select.
+    pub queue_select: u16,
+    /// Queues.
+    pub queues: Vec<VirtqueueState>,
+    /// MSI-X vector of each queue.
+    pub vectors: Vec<u16>,
+    /// MSI-X vector of configuration changes.
+    pub config_vector: u16,
+    /// ISR status (INTx mode).
+    pub isr: u8,
+    /// DEVICE_NEEDS_RESET raised.
+    pub needs_reset: bool,
+    /// MSI-X table and pending bits.
+    pub msix: crate::pci::msix::MsixState,
+}
+
+impl VirtioPciDevice {
+    /// Stops the device's worker so that guest memory and ring positions stop changing (for a
+    /// snapshot). Returns true if a worker was running; [`VirtioPciDevice::resume_worker`]
+    /// restarts it.
+    pub fn quiesce(&mut self) -> bool {
+        if !self.activated {
+            return false;
+        }
+        self.device.reset();
+        self.activated = false;
+        true
+    }
+
+    /// Restarts the worker stopped by [`VirtioPciDevice::quiesce`], continuing from the ring
+    /// positions in guest memory.
+    pub fn resume_worker(&mut self) {
+        if self.activated {
+            return;
+        }
+        self.sync_ring_positions();
+        self.activate();
+        for e in &self.queue_evts {
+            let _ = e.write(1);
+        }
+    }
+
+    /// Used index of queue `q` as published in guest memory.
+    fn used_idx(&self, q: &Queue) -> u16 {
+        use vm_memory::{Bytes, GuestAddress};
+        if !q.ready() {
+            return 0;
+        }
+        self.mem
+            .read_obj::<u16>(GuestAddress(q.used_ring().wrapping_add(2)))
+            .unwrap_or(0)
+    }
+
+    /// Sets every ready queue's positions to the used index in guest memory: with the worker
+    /// stopped, every chain it took is completed (the devices complete chains in order), and the
+    /// ones it held unfinished are taken again.
+    fn sync_ring_positions(&mut self) {
+        let idx: Vec<u16> = self.queues.iter().map(|q| self.used_idx(q)).collect();
+        for (q, i) in self.queues.iter_mut().zip(idx) {
+            if q.ready() {
+                q.set_next_avail(i);
+                q.set_next_used(i);
+            }
+        }
+    }
+}
+
+impl crate::Snapshot for VirtioPciDevice {
+    type State = VirtioPciState;
+
+    fn snapshot_id(&self) -> String {
+        self.name.clone()
+    }
+
+    fn snapshot(&self) -> VirtioPciState {
+        let ints = &self.ints;
+        VirtioPciState {
+            device_type: self.device.device_type(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            queue_select: self.queue_select,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let used = self.used_idx(q);
+                    VirtqueueState {
+                        size: q.size(),
+                        ready: q.ready(),
+                        desc_table: q.desc_table(),
+                        avail_ring: q.avail_ring(),
+                        used_ring: q.used_ring(),
+                        next_avail: used,
+                        next_used: used,
+                    }
+                })
+                .collect(),
+            vectors: ints
+                .vectors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            config_vector: *ints.config_vector.lock().unwrap_or_else(|e| e.into_inner()),
+            isr: ints.isr.load(Ordering::SeqCst),
+            needs_reset: ints.needs_reset.load(Ordering::SeqCst),
+            msix: ints.msix.lock().unwrap_or_else(|e| e.into_inner()).state(),
+        }
+    }
+
+    fn restore(&mut self, st: VirtioPciState) -> Result<(), crate::SnapshotError> {
+        let invalid = |reason: String| crate::SnapshotError::Invalid {
+            component: "virtio-pci",
+            reason,
+        };
+        if st.device_type != self.device.device_type() {
+            return Err(invalid(format!(
+                "{}: captured device type {}, this device is type {}",
+                self.name,
+                st.device_type,
+                self.device.device_type()
+            )));
+        }
+        if st.queues.len() != self.queues.len() || st.vectors.len() != self.queues.len() {
+            return Err(invalid(format!(
+                "{}: {} queues captured, the device has {}",
+                self.name,
+                st.queues.len(),
+                self.queues.len()
+            )));
+        }
+        self.reset();
+        self.ints
+            .msix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_state(st.msix)?;
+        for (q, s) in self.queues.iter_mut().zip(&st.queues) {
+            q.set_size(s.size);
+            q.set_desc_table_address(Some(s.desc_table as u32), Some((s.desc_table >> 32) as u32));
+            q.set_avail_ring_address(Some(s.avail_ring as u32), Some((s.avail_ring >> 32) as u32));
+            q.set_used_ring_address(Some(s.used_ring as u32), Some((s.used_ring >> 32) as u32));
+            q.set_ready(s.ready);
+            q.set_next_avail(s.next_avail);
+            q.set_next_used(s.next_used);
+        }
+        *self.ints.vectors.lock().unwrap_or_else(|e| e.into_inner()) = st.vectors;
+        *self
+            .ints
+            .config_vector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = st.config_vector;
+        self.ints.isr.store(st.isr, Ordering::SeqCst);
+        self.ints
+            .needs_reset
+            .store(st.needs_reset, Ordering::SeqCst);
+        self.device_feature_select = st.device_feature_select;
+        self.driver_feature_select = st.driver_feature_select;
+        self.driver_features = st.driver_features & self.offered_features();
+        self.config_generation = st.config_generation;
+        self.queue_select = st.queue_select;
+        self.status = st.status;
+        let live = status::DRIVER_OK | status::FEATURES_OK;
+        if st.status & live == live && st.status & status::FAILED == 0 && !st.needs_reset {
+            self.activate();
+            for e in &self.queue_evts {
+                let _ = e.write(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use crate::Snapshot;
+    use vm_memory::{Bytes, GuestAddress};
+
+    struct NoMsi;
+    impl MsiSender for NoMsi {
+        fn send_msi(&self, _a: u64, _d: u32) -> bool {
+            true
+        }
+    }
+
+    fn w(d: &mut VirtioPciDevice, off: u64, v: &[u8]) {
+        BusDevice::write(d, 0, off, v);
+    }
+
+    fn request(d: &mut VirtioPciDevice, mem: &GuestMemoryMmap, n: u16) {
+        // Descriptor n: one 32-byte writable buffer, put at avail slot n.
+        let desc = 0x1000 + u64::from(n) * 16;
+        mem.write_obj(0x8000u64 + u64::from(n) * 64, GuestAddress(desc))
+            .unwrap();
+        mem.write_obj(32u32, GuestAddress(desc + 8)).unwrap();
+        mem.write_obj(2u16, GuestAddress(desc + 12)).unwrap();
+        mem.write_obj(n, GuestAddress(0x2004 + u64::from(n) * 2))
+            .unwrap();
+        mem.write_obj(n + 1, GuestAddress(0x2002)).unwrap();
+        w(d, NOTIFY, &0u16.to_le_bytes());
+        let start = std::time::Instant::now();
+        while mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap() != n + 1 {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "request {n} never completed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn snapshot_restore_continues_the_ring() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mk = || {
+            VirtioPciDevice::new(
+                Box::new(Rng::new()),
+                mem.clone(),
+                Arc::new(NoMsi),
+                0xc000_0000,
+                None,
+            )
+            .unwrap()
+        };
+        let mut d = mk();
+        w(&mut d, 0x14, &[3]);
+        w(&mut d, 0x08, &1u32.to_le_bytes());
+        w(&mut d, 0x0c, &1u32.to_le_bytes());
+        w(&mut d, 0x14, &[0xb]);
+        w(&mut d, 0x18, &8u16.to_le_bytes());
+        w(&mut d, 0x20, &0x1000u32.to_le_bytes());
+        w(&mut d, 0x28, &0x2000u32.to_le_bytes());
+        w(&mut d, 0x30, &0x3000u32.to_le_bytes());
+        w(&mut d, 0x1c, &1u16.to_le_bytes());
+        w(&mut d, 0x14, &[0xf]);
+        request(&mut d, &mem, 0);
+        assert!(d.quiesce());
+        let st = d.snapshot();
+        assert_eq!(st.queues[0].next_used, 1);
+        assert_eq!(st.status, 0xf);
+        drop(d);
+        let mut d2 = mk();
+        d2.restore(st.clone()).unwrap();
+        assert_eq!(d2.snapshot(), st);
+        request(&mut d2, &mem, 1);
+        // Restoring a state of another device type is refused.
+        let mut bad = st;
+        bad.device_type = 2;
+        assert!(mk().restore(bad).is_err());
+        // The original device resumes too.
+        let mut d3 = mk();
+        d3.restore(d2.snapshot()).unwrap();
+        assert!(d3.quiesce());
+        d3.resume_worker();
+        request(&mut d3, &mem, 2);
+    }
+}

@@ -15,7 +15,12 @@ pub struct Host {
 
 impl Host {
     pub fn start() -> Host {
-        let root = std::env::temp_dir().join(format!("rxen-e2e-xl-{}", std::process::id()));
+        Self::start_tagged("")
+    }
+
+    /// A host whose root is told apart by `tag` (several isolated hosts in one test).
+    pub fn start_tagged(tag: &str) -> Host {
+        let root = std::env::temp_dir().join(format!("rxen-e2e-xl-{}{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_xl"))

@@ -1,0 +1,897 @@
+//! Save and restore of a whole domain: vCPU state, the in-kernel irqchip/PIT/clock, every device,
+//! and guest memory, as an rxen stream (`rxen-migration`).
+//!
+//! Capture happens with every vCPU parked (each parked vCPU thread captures its own state) and
+//! every virtio worker stopped, so neither guest code nor device backends change memory or ring
+//! positions meanwhile. Restore runs in a freshly built VM before its vCPUs start.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::VcpuFd;
+use rxen_devices::legacy::{acpi_pm::AcpiPmState, cmos::CmosState, serial::SerialState};
+use rxen_devices::virtio::pci::VirtioPciState;
+use rxen_devices::Snapshot;
+use rxen_migration::stream::{Record, StreamReader, StreamWriter, MAX_PAGES_PER_RECORD, PAGE_SIZE};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+
+/// Errors saving or restoring a domain.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The stream could not be read or written.
+    #[error(transparent)]
+    Stream(#[from] rxen_migration::StreamError),
+    /// The save file header is invalid.
+    #[error(transparent)]
+    XlFile(#[from] rxen_migration::XlFileError),
+    /// A KVM ioctl failed.
+    #[error("KVM: {op} failed: {source}")]
+    Kvm {
+        /// Operation.
+        op: String,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+    /// A state record could not be encoded or decoded.
+    #[error("state record {what}: {source}")]
+    Json {
+        /// Which record.
+        what: &'static str,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// The saved state does not fit this domain or is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// Host I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn kerr(op: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
+    let op = op.into();
+    move |source| SnapshotError::Kvm { op, source }
+}
+
+/// Metadata in the stream's info record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamMeta {
+    /// rxen-vmm version that wrote the stream.
+    pub vmm_version: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Number of virtio devices.
+    pub virtio_devices: usize,
+}
+
+/// One vCPU's architectural state as KVM exposes it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// vCPU index.
+    pub id: u8,
+    /// CPUID table the vCPU runs with.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE/AVX state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: Option<kvm_xcrs>,
+    /// Local APIC.
+    pub lapic: kvm_lapic_state,
+    /// MSRs (index, value), including TSC, kvmclock and TSC deadline.
+    pub msrs: Vec<(u32, u64)>,
+    /// Pending exceptions, interrupts, NMI, SMM.
+    pub events: kvm_vcpu_events,
+    /// Run state (running, halted, INIT-waiting, ...).
+    pub mp_state: kvm_mp_state,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+    /// TSC frequency in kHz.
+    pub tsc_khz: Option<u32>,
+}
+
+/// Captured PCI configuration space of one slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PciSlotState {
+    /// Slot (device number) on bus 0.
+    pub slot: u8,
+    /// The 64 configuration dwords.
+    pub regs: Vec<u32>,
+}
+
+/// Everything but vCPUs and memory.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct MachineState {
+    /// PIC master.
+    pub pic_master: kvm_irqchip,
+    /// PIC slave.
+    pub pic_slave: kvm_irqchip,
+    /// IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// PIT.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+    /// COM1.
+    pub serial: SerialState,
+    /// CMOS/RTC.
+    pub cmos: CmosState,
+    /// ACPI PM block.
+    pub acpi_pm: AcpiPmState,
+    /// Configuration address latch (0xCF8).
+    pub pci_address: u32,
+    /// PCI functions.
+    pub pci: Vec<PciSlotState>,
+    /// virtio-pci transports, in device order.
+    pub virtio: Vec<VirtioPciState>,
+}
+
+/// What a save wrote.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SaveSummary {
+    /// Bytes of stream written.
+    pub bytes: u64,
+    /// Guest pages written (zero pages are skipped).
+    pub pages: u64,
+    /// Time spent, in milliseconds.
+    pub millis: u64,
+}
+
+fn msr_indices() -> Vec<u32> {
+    match Kvm::new().and_then(|k| k.get_msr_index_list()) {
+        Ok(l) => l.as_slice().to_vec(),
+        Err(e) => {
+            tracing::warn!("KVM_GET_MSR_INDEX_LIST: {e}");
+            vec![]
+        }
+    }
+}
+
+fn entries(idx: &[(u32, u64)]) -> Vec<kvm_msr_entry> {
+    idx.iter()
+        .map(|(index, data)| kvm_msr_entry {
+            index: *index,
+            data: *data,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Reads every MSR KVM can save; an MSR the vCPU refuses is skipped.
+fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let mut rest: Vec<(u32, u64)> = indices.iter().map(|i| (*i, 0)).collect();
+    while !rest.is_empty() {
+        let chunk: Vec<(u32, u64)> = rest.iter().take(200).copied().collect();
+        let Ok(mut msrs) = Msrs::from_entries(&entries(&chunk)) else {
+            break;
+        };
+        let n = vcpu.get_msrs(&mut msrs).unwrap_or(0);
+        out.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+        let skip = if n < chunk.len() { n + 1 } else { n };
+        rest.drain(..skip.max(1).min(rest.len()));
+    }
+    out
+}
+
+fn write_msrs(vcpu: &VcpuFd, id: u8, msrs: &[(u32, u64)]) {
+    let mut rest = msrs.to_vec();
+    while !rest.is_empty() {
+        let chunk: Vec<(u32, u64)> = rest.iter().take(200).copied().collect();
+        let Ok(m) = Msrs::from_entries(&entries(&chunk)) else {
+            break;
+        };
+        let n = vcpu.set_msrs(&m).unwrap_or(0);
+        if n < chunk.len() {
+            tracing::debug!("vcpu{id}: MSR {:#x} not restored", chunk[n].0);
+        }
+        let skip = if n < chunk.len() { n + 1 } else { n };
+        rest.drain(..skip.max(1).min(rest.len()));
+    }
+}
+
+fn capture_vcpu(vcpu: &VcpuFd, id: u8, msr_list: &[u32]) -> Result<VcpuState, SnapshotError> {
+    let p = |op: &str| format!("vcpu{id}: {op}");
+    Ok(VcpuState {
+        id,
+        cpuid: vcpu
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kerr(p("KVM_GET_CPUID2")))?
+            .as_slice()
+            .to_vec(),
+        regs: vcpu.get_regs().map_err(kerr(p("KVM_GET_REGS")))?,
+        sregs: vcpu.get_sregs().map_err(kerr(p("KVM_GET_SREGS")))?,
+        xsave: vcpu.get_xsave().map_err(kerr(p("KVM_GET_XSAVE")))?,
+        xcrs: vcpu.get_xcrs().ok(),
+        lapic: vcpu.get_lapic().map_err(kerr(p("KVM_GET_LAPIC")))?,
+        msrs: read_msrs(vcpu, msr_list),
+        events: vcpu
+            .get_vcpu_events()
+            .map_err(kerr(p("KVM_GET_VCPU_EVENTS")))?,
+        mp_state: vcpu.get_mp_state().map_err(kerr(p("KVM_GET_MP_STATE")))?,
+        debugregs: vcpu
+            .get_debug_regs()
+            .map_err(kerr(p("KVM_GET_DEBUGREGS")))?,
+        tsc_khz: vcpu.get_tsc_khz().ok(),
+    })
+}
+
+fn apply_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
+    let id = s.id;
+    let p = |op: &str| format!("vcpu{id}: {op}");
+    let cpuid = CpuId::from_entries(&s.cpuid)
+        .map_err(|_| SnapshotError::Invalid(format!("vcpu{id}: CPUID table too large")))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kerr(p("KVM_SET_CPUID2")))?;
+    if let Some(khz) = s.tsc_khz {
+        if vcpu.get_tsc_khz().ok() != Some(khz) {
+            if let Err(e) = vcpu.set_tsc_khz(khz) {
+                tracing::warn!("vcpu{id}: cannot set TSC to {khz} kHz: {e}");
+            }
+        }
+    }
+    vcpu.set_mp_state(s.mp_state)
+        .map_err(kerr(p("KVM_SET_MP_STATE")))?;
+    vcpu.set_regs(&s.regs).map_err(kerr(p("KVM_SET_REGS")))?;
+    vcpu.set_sregs(&s.sregs).map_err(kerr(p("KVM_SET_SREGS")))?;
+    // SAFETY: `s.xsave` is a complete kvm_xsave captured by KVM_GET_XSAVE; rxen never enables
+    // dynamically sized XSAVE features (AMX), so the legacy 4 KiB buffer holds the whole state.
+    unsafe { vcpu.set_xsave(&s.xsave) }.map_err(kerr(p("KVM_SET_XSAVE")))?;
+    if let Some(x) = &s.xcrs {
+        vcpu.set_xcrs(x).map_err(kerr(p("KVM_SET_XCRS")))?;
+    }
+    vcpu.set_debug_regs(&s.debugregs)
+        .map_err(kerr(p("KVM_SET_DEBUGREGS")))?;
+    vcpu.set_lapic(&s.lapic).map_err(kerr(p("KVM_SET_LAPIC")))?;
+    write_msrs(vcpu, id, &s.msrs);
+    vcpu.set_vcpu_events(&s.events)
+        .map_err(kerr(p("KVM_SET_VCPU_EVENTS")))?;
+    Ok(())
+}
+
+const PCI_ADDR: u64 = 0xcf8;
+const PCI_DATA: u64 = 0xcfc;
+
+fn pci_read(pio: &Bus, slot: u8, reg: u8) -> u32 {
+    let a = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg) << 2;
+    pio.write(PCI_ADDR, &a.to_le_bytes());
+    let mut d = [0u8; 4];
+    pio.read(PCI_DATA, &mut d);
+    u32::from_le_bytes(d)
+}
+
+fn pci_write(pio: &Bus, slot: u8, reg: u8, v: u32) {
+    let a = 0x8000_0000u32 | u32::from(slot) << 11 | u32::from(reg) << 2;
+    pio.write(PCI_ADDR, &a.to_le_bytes());
+    pio.write(PCI_DATA, &v.to_le_bytes());
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, SnapshotError> {
+    serde_json::to_vec(v).map_err(|source| SnapshotError::Json { what, source })
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    b: &[u8],
+) -> Result<T, SnapshotError> {
+    serde_json::from_slice(b).map_err(|source| SnapshotError::Json { what, source })
+}
+
+impl Vm {
+    /// Makes the vCPUs start parked (`rxen-vmm --paused`, `xl restore -p`).
+    pub fn start_paused(&self) {
+        self.control.set_state(RunState::Paused);
+    }
+
+    /// Parks every running vCPU; false if they did not stop.
+    fn park_all(&self) -> bool {
+        self.control.set_state(RunState::Paused);
+        let n = self.live_vcpus();
+        self.control.wait_parked(n, || self.kick_all())
+    }
+
+    fn capture_vcpus(&self) -> Result<Vec<VcpuState>, SnapshotError> {
+        let msr_list = Arc::new(msr_indices());
+        if !self.vcpu_fds.is_empty() {
+            // Not started yet: capture directly.
+            return self
+                .vcpu_fds
+                .iter()
+                .enumerate()
+                .map(|(i, v)| capture_vcpu(v, i as u8, &msr_list))
+                .collect();
+        }
+        let (tx, rx) = mpsc::channel();
+        let n = self.vcpus.len();
+        for id in 0..n as u8 {
+            let tx = tx.clone();
+            let list = msr_list.clone();
+            self.control.post_task(
+                id,
+                Box::new(move |v: &VcpuFd| {
+                    let _ = tx.send((id, capture_vcpu(v, id, &list)));
+                }),
+            );
+        }
+        let mut out: Vec<Option<VcpuState>> = (0..n).map(|_| None).collect();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut got = 0;
+        while got < n {
+            match rx.recv_timeout(std::time::Duration::from_secs(2)) {
+                Ok((id, r)) => {
+                    out[usize::from(id)] = Some(r?);
+                    got += 1;
+                }
+                Err(_) => {
+                    let missing: Vec<String> = (0..n)
+                        .filter(|&i| out[i].is_none())
+                        .map(|i| self.vcpu_diagnosis(i))
+                        .collect();
+                    if Instant::now() > deadline {
+                        return Err(SnapshotError::Invalid(format!(
+                            "vCPUs did not report their state: {}",
+                            missing.join("; ")
+                        )));
+                    }
+                    tracing::warn!("waiting for vCPU state: {}", missing.join("; "));
+                    self.kick_all();
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn capture_machine(&self) -> Result<MachineState, SnapshotError> {
+        let vm = &self._vm_fd;
+        let chip = |id| -> Result<kvm_irqchip, SnapshotError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut c).map_err(kerr("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        let pio = &self.pio;
+        let mut addr = [0u8; 4];
+        pio.read(PCI_ADDR, &mut addr);
+        let mut pci = Vec::new();
+        for slot in 1..32u8 {
+            if pci_read(pio, slot, 0) & 0xffff == 0xffff {
+                continue;
+            }
+            pci.push(PciSlotState {
+                slot,
+                regs: (0..64u8).map(|r| pci_read(pio, slot, r)).collect(),
+            });
+        }
+        pio.write(PCI_ADDR, &addr);
+        Ok(MachineState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: vm.get_pit2().map_err(kerr("KVM_GET_PIT2"))?,
+            clock: vm.get_clock().map_err(kerr("KVM_GET_CLOCK"))?,
+            serial: lock(&self.serial).snapshot(),
+            cmos: lock(&self.cmos).snapshot(),
+            acpi_pm: lock(&self.acpi_pm).snapshot(),
+            pci_address: u32::from_le_bytes(addr),
+            pci,
+            virtio: self.virtio.iter().map(|d| lock(d).snapshot()).collect(),
+        })
+    }
+
+    fn write_memory<W: Write>(&self, s: &mut StreamWriter<W>) -> Result<u64, SnapshotError> {
+        static ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        let mut pages = 0u64;
+        let mut gpas = Vec::with_capacity(1024);
+        let mut data = Vec::with_capacity(1024 * PAGE_SIZE);
+        let mut buf = vec![0u8; 256 * PAGE_SIZE];
+        for region in self._mem.iter() {
+            let start = region.start_addr().0;
+            let len = region.len();
+            let mut off = 0;
+            while off < len {
+                let n = ((len - off) as usize).min(buf.len());
+                self._mem
+                    .read_slice(&mut buf[..n], GuestAddress(start + off))
+                    .map_err(|e| SnapshotError::Invalid(format!("reading guest memory: {e}")))?;
+                for (i, page) in buf[..n].chunks_exact(PAGE_SIZE).enumerate() {
+                    if page == &ZERO[..] {
+                        continue;
+                    }
+                    gpas.push(start + off + (i * PAGE_SIZE) as u64);
+                    data.extend_from_slice(page);
+                    if gpas.len() == MAX_PAGES_PER_RECORD / 4 {
+                        s.write_pages(&gpas, &data)?;
+                        pages += gpas.len() as u64;
+                        gpas.clear();
+                        data.clear();
+                    }
+                }
+                off += n as u64;
+            }
+        }
+        if !gpas.is_empty() {
+            s.write_pages(&gpas, &data)?;
+            pages += gpas.len() as u64;
+        }
+        Ok(pages)
+    }
+
+    fn meta(&self) -> StreamMeta {
+        StreamMeta {
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+            memory_mib: self.cfg.memory_mib,
+            vcpus: self.cfg.vcpus,
+            virtio_devices: self.virtio.len(),
+        }
+    }
+
+    /// Saves the whole domain to `w`. The vCPUs are paused (and stay paused); device workers are
+    /// stopped while state and memory are captured and restarted afterwards.
+    pub fn save(&mut self, w: impl Write) -> Result<SaveSummary, SnapshotError> {
+        let t0 = Instant::now();
+        if !self.park_all() {
+            return Err(SnapshotError::Invalid("vCPUs did not stop in time".into()));
+        }
+        let quiesced: Vec<bool> = self.virtio.iter().map(|d| lock(d).quiesce()).collect();
+        let r = self.save_paused(w);
+        for (d, q) in self.virtio.iter().zip(quiesced) {
+            if q {
+                lock(d).resume_worker();
+            }
+        }
+        let (bytes, pages) = r?;
+        Ok(SaveSummary {
+            bytes,
+            pages,
+            millis: t0.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn save_paused(&self, w: impl Write) -> Result<(u64, u64), SnapshotError> {
+        let vcpus = self.capture_vcpus()?;
+        let machine = self.capture_machine()?;
+        let mut s = StreamWriter::new(w, &json("info", &self.meta())?)?;
+        let pages = self.write_memory(&mut s)?;
+        for v in &vcpus {
+            s.write_vcpu(&json("vcpu", v)?)?;
+        }
+        s.write_machine(&json("machine", &machine)?)?;
+        let bytes = s.bytes_written() + 8;
+        s.finish()?;
+        Ok((bytes, pages))
+    }
+
+    /// Saves to the file at `path`, appending (the toolstack has written the xl header).
+    pub fn save_to_path(&mut self, path: &std::path::Path) -> Result<SaveSummary, SnapshotError> {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|source| SnapshotError::Io {
+                what: format!("open {}", path.display()),
+                source,
+            })?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let sum = self.save(&mut w)?;
+        let f = w.into_inner().map_err(|e| SnapshotError::Io {
+            what: format!("write {}", path.display()),
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(|source| SnapshotError::Io {
+            what: format!("sync {}", path.display()),
+            source,
+        })?;
+        Ok(sum)
+    }
+
+    fn discard_memory(&self) {
+        for region in self._mem.iter() {
+            // SAFETY: the range is exactly one private anonymous guest RAM mapping owned by this
+            // VM; no vCPU or device worker runs yet, and MADV_DONTNEED only turns its contents
+            // into zero-fill-on-demand pages.
+            unsafe {
+                libc::madvise(
+                    region.as_ptr() as *mut libc::c_void,
+                    region.len() as usize,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
+    /// Restores the domain from a stream (or an xl save file), before the vCPUs start.
+    pub fn restore(&mut self, r: impl Read) -> Result<(), SnapshotError> {
+        if self.vcpu_fds.len() != usize::from(self.cfg.vcpus) {
+            return Err(SnapshotError::Invalid(
+                "restore must happen before the domain runs".into(),
+            ));
+        }
+        let mut s = StreamReader::new(r)?;
+        let meta: StreamMeta = unjson("info", s.meta())?;
+        if meta.memory_mib != self.cfg.memory_mib
+            || meta.vcpus != self.cfg.vcpus
+            || meta.virtio_devices != self.virtio.len()
+        {
+            return Err(SnapshotError::Invalid(format!(
+                "the saved domain has {} MiB, {} vCPUs and {} virtio devices; this configuration has {} MiB, {} vCPUs and {} virtio devices",
+                meta.memory_mib, meta.vcpus, meta.virtio_devices,
+                self.cfg.memory_mib, self.cfg.vcpus, self.virtio.len()
+            )));
+        }
+        self.discard_memory();
+        let mut vcpus: Vec<VcpuState> = Vec::new();
+        let mut machine: Option<MachineState> = None;
+        loop {
+            match s.next_record()? {
+                Record::Pages { gpas, data } => {
+                    for (i, g) in gpas.iter().enumerate() {
+                        self._mem
+                            .write_slice(
+                                &data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                                GuestAddress(*g),
+                            )
+                            .map_err(|e| {
+                                SnapshotError::Invalid(format!(
+                                    "page {g:#x} outside guest RAM: {e}"
+                                ))
+                            })?;
+                    }
+                }
+                Record::Vcpu(b) => vcpus.push(unjson("vcpu", &b)?),
+                Record::Machine(b) => machine = Some(unjson("machine", &b)?),
+                Record::Round { .. } => {}
+                Record::End => break,
+            }
+        }
+        let machine = machine
+            .ok_or_else(|| SnapshotError::Invalid("the stream has no machine state".into()))?;
+        if vcpus.len() != self.vcpu_fds.len()
+            || vcpus
+                .iter()
+                .enumerate()
+                .any(|(i, v)| usize::from(v.id) != i)
+        {
+            return Err(SnapshotError::Invalid(format!(
+                "the stream has {} vCPU records for {} vCPUs",
+                vcpus.len(),
+                self.vcpu_fds.len()
+            )));
+        }
+        self.apply_machine(&machine, &vcpus)?;
+        // The sender released the image locks before it sent its final state.
+        rxen_block::lock::resume_all().map_err(|e| SnapshotError::Invalid(e.to_string()))
+    }
+
+    fn apply_machine(
+        &mut self,
+        m: &MachineState,
+        vcpus: &[VcpuState],
+    ) -> Result<(), SnapshotError> {
+        let vm = self._vm_fd.clone();
+        vm.set_pit2(&m.pit).map_err(kerr("KVM_SET_PIT2"))?;
+        for c in [&m.pic_master, &m.pic_slave, &m.ioapic] {
+            vm.set_irqchip(c).map_err(kerr("KVM_SET_IRQCHIP"))?;
+        }
+        for (fd, st) in self.vcpu_fds.iter().zip(vcpus) {
+            apply_vcpu(fd, st)?;
+        }
+        let clock = kvm_clock_data {
+            clock: m.clock.clock,
+            ..Default::default()
+        };
+        vm.set_clock(&clock).map_err(kerr("KVM_SET_CLOCK"))?;
+        let inv = |e: rxen_devices::SnapshotError| SnapshotError::Invalid(e.to_string());
+        lock(&self.serial).restore(m.serial.clone()).map_err(inv)?;
+        lock(&self.cmos).restore(m.cmos.clone()).map_err(inv)?;
+        lock(&self.acpi_pm).restore(m.acpi_pm).map_err(inv)?;
+        for p in &m.pci {
+            if p.regs.len() != 64 || pci_read(&self.pio, p.slot, 0) != p.regs[0] {
+                return Err(SnapshotError::Invalid(format!(
+                    "PCI slot {} holds another device than the saved one",
+                    p.slot
+                )));
+            }
+            for reg in 1..64u8 {
+                pci_write(&self.pio, p.slot, reg, p.regs[usize::from(reg)]);
+            }
+        }
+        self.pio.write(PCI_ADDR, &m.pci_address.to_le_bytes());
+        if m.virtio.len() != self.virtio.len() {
+            return Err(SnapshotError::Invalid("virtio device count differs".into()));
+        }
+        for (d, st) in self.virtio.iter().zip(&m.virtio) {
+            lock(d).restore(st.clone()).map_err(inv)?;
+        }
+        Ok(())
+    }
+
+    /// Restores from `path`: an xl save file (header and config skipped) or a bare stream. The
+    /// path may be a FIFO or socket (live migration feeds the stream while it is sent).
+    pub fn restore_from_path(&mut self, path: &std::path::Path) -> Result<(), SnapshotError> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |source| SnapshotError::Io { what, source }
+        };
+        let mut f = File::open(path).map_err(io("open"))?;
+        let mut head = Vec::with_capacity(32);
+        (&mut f)
+            .take(32)
+            .read_to_end(&mut head)
+            .map_err(io("read"))?;
+        let mut r =
+            std::io::Cursor::new(head.clone()).chain(std::io::BufReader::with_capacity(1 << 20, f));
+        if rxen_migration::xlfile::is_xl_file(&head) {
+            rxen_migration::xlfile::read_header(&mut r)?;
+        }
+        self.restore(r)
+    }
+
+    fn set_dirty_log(&self, on: bool) -> Result<(), SnapshotError> {
+        for (slot, region) in self._mem.iter().enumerate() {
+            let r = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: if on {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
+            };
+            // SAFETY: the same live mapping registered at creation, only the flags change.
+            unsafe { self._vm_fd.set_user_memory_region(r) }
+                .map_err(kerr("KVM_SET_USER_MEMORY_REGION (dirty logging)"))?;
+        }
+        Ok(())
+    }
+
+    /// Pages written since the last call, by the guest (KVM's dirty log) or by the VMM itself
+    /// (device backends, through guest memory's bitmap). Both logs are read and cleared.
+    fn dirty_gpas(&self) -> Result<Vec<u64>, SnapshotError> {
+        let mut out = Vec::new();
+        for (slot, region) in self._mem.iter().enumerate() {
+            let len = region.len() as usize;
+            let kvm = self
+                ._vm_fd
+                .get_dirty_log(slot as u32, len)
+                .map_err(kerr("KVM_GET_DIRTY_LOG"))?;
+            let vmm = std::ops::Deref::deref(region).bitmap().get_and_reset();
+            let start = region.start_addr().0;
+            let pages = (len / PAGE_SIZE) as u64;
+            for i in 0..kvm.len().max(vmm.len()) {
+                let mut w = kvm.get(i).copied().unwrap_or(0) | vmm.get(i).copied().unwrap_or(0);
+                while w != 0 {
+                    let b = u64::from(w.trailing_zeros());
+                    w &= w - 1;
+                    let page = i as u64 * 64 + b;
+                    if page < pages {
+                        out.push(start + page * PAGE_SIZE as u64);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn send_pages<W: Write>(
+        &self,
+        s: &mut StreamWriter<W>,
+        gpas: &[u64],
+    ) -> Result<(), SnapshotError> {
+        let mut data = vec![0u8; 1024 * PAGE_SIZE];
+        for chunk in gpas.chunks(1024) {
+            for (i, g) in chunk.iter().enumerate() {
+                self._mem
+                    .read_slice(
+                        &mut data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                        GuestAddress(*g),
+                    )
+                    .map_err(|e| SnapshotError::Invalid(format!("reading guest memory: {e}")))?;
+            }
+            s.write_pages(chunk, &data[..chunk.len() * PAGE_SIZE])?;
+        }
+        Ok(())
+    }
+
+    /// Live migration, sending side: iterative pre-copy while the guest runs (KVM dirty log +
+    /// the VMM's own dirty bitmap), until the next round fits the downtime target (or the round
+    /// or time bound is hit); then pause, quiesce devices, send the final dirty set, vCPU and
+    /// device state. On success the domain stays paused (the toolstack destroys it once the
+    /// destination confirms); on failure it runs on as before.
+    pub fn migrate_live(
+        &mut self,
+        w: impl Write,
+        opts: &LiveOpts,
+    ) -> Result<LiveSummary, SnapshotError> {
+        let t0 = Instant::now();
+        let was_running = self.control.state() == RunState::Running;
+        let mut quiesced = Vec::new();
+        let r = self
+            .set_dirty_log(true)
+            .and_then(|()| self.migrate_inner(w, opts, t0, &mut quiesced));
+        if let Err(e) = self.set_dirty_log(false) {
+            tracing::warn!("disabling dirty logging: {e}");
+        }
+        for (d, q) in self.virtio.iter().zip(quiesced) {
+            if q {
+                lock(d).resume_worker();
+            }
+        }
+        if r.is_err() {
+            // Images whose locks were handed over are taken back before the guest writes again.
+            match rxen_block::lock::resume_all() {
+                Ok(()) if was_running => self.control.set_state(RunState::Running),
+                Ok(()) => {}
+                Err(e) => tracing::error!("the domain stays paused: {e}"),
+            }
+        }
+        r
+    }
+
+    fn migrate_inner(
+        &mut self,
+        w: impl Write,
+        opts: &LiveOpts,
+        t0: Instant,
+        quiesced: &mut Vec<bool>,
+    ) -> Result<LiveSummary, SnapshotError> {
+        // Start both logs clean: everything is sent in round 0 anyway.
+        self.dirty_gpas()?;
+        let mut s = StreamWriter::new(w, &json("info", &self.meta())?)?;
+        let t = Instant::now();
+        let mut pages = self.write_memory(&mut s)?;
+        let mut rate = s.bytes_written() as f64 / t.elapsed().as_secs_f64().max(1e-3);
+        let mut rounds = 1u32;
+        let target = opts.downtime_ms as f64 / 1000.0;
+        let (pending, converged) = loop {
+            let dirty = self.dirty_gpas()?;
+            s.write_round(dirty.len() as u64)?;
+            let est = (dirty.len() * PAGE_SIZE) as f64 / rate;
+            tracing::info!(
+                "migration round {rounds}: {} dirty pages, {:.1} MB/s, estimated stop-and-copy {:.1} ms",
+                dirty.len(),
+                rate / 1e6,
+                est * 1000.0
+            );
+            if est <= target {
+                break (dirty, true);
+            }
+            if rounds >= opts.max_rounds || t0.elapsed().as_secs() >= opts.max_secs {
+                break (dirty, false);
+            }
+            let t = Instant::now();
+            let before = s.bytes_written();
+            self.send_pages(&mut s, &dirty)?;
+            pages += dirty.len() as u64;
+            let r = (s.bytes_written() - before) as f64 / t.elapsed().as_secs_f64().max(1e-3);
+            rate = if r > 0.0 { (rate + r) / 2.0 } else { rate };
+            rounds += 1;
+        };
+        let paused_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let tp = Instant::now();
+        if !self.park_all() {
+            return Err(SnapshotError::Invalid("vCPUs did not stop in time".into()));
+        }
+        *quiesced = self.virtio.iter().map(|d| lock(d).quiesce()).collect();
+        // Stopped and drained: the destination may take the disks' locks from here on.
+        let handed = rxen_block::lock::suspend_all();
+        tracing::info!("migration: stopped; {handed} image lock(s) released for the destination");
+        let mut last = self.dirty_gpas()?;
+        last.extend(pending);
+        last.sort_unstable();
+        last.dedup();
+        self.send_pages(&mut s, &last)?;
+        pages += last.len() as u64;
+        for v in self.capture_vcpus()? {
+            s.write_vcpu(&json("vcpu", &v)?)?;
+        }
+        s.write_machine(&json("machine", &self.capture_machine()?)?)?;
+        let bytes = s.bytes_written() + 8;
+        s.finish()?;
+        Ok(LiveSummary {
+            rounds,
+            bytes,
+            pages,
+            final_pages: last.len() as u64,
+            total_ms: t0.elapsed().as_millis() as u64,
+            paused_at_unix_ms: paused_at,
+            stop_copy_ms: tp.elapsed().as_millis() as u64,
+            converged,
+        })
+    }
+
+    /// [`Vm::migrate_live`] to the UNIX socket at `path` (the toolstack relays it onwards).
+    pub fn migrate_to_socket(
+        &mut self,
+        path: &std::path::Path,
+        opts: &LiveOpts,
+    ) -> Result<LiveSummary, SnapshotError> {
+        let sock = UnixStream::connect(path).map_err(|source| SnapshotError::Io {
+            what: format!("connect {}", path.display()),
+            source,
+        })?;
+        let w = std::io::BufWriter::with_capacity(1 << 20, sock);
+        self.migrate_live(w, opts)
+    }
+}
+
+fn default_downtime() -> u64 {
+    50
+}
+fn default_rounds() -> u32 {
+    30
+}
+fn default_secs() -> u64 {
+    300
+}
+
+/// Live-migration tuning (`xl migrate --downtime MS --max-rounds N`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveOpts {
+    /// Target downtime: pre-copy ends when the next round is estimated to take at most this long.
+    #[serde(default = "default_downtime")]
+    pub downtime_ms: u64,
+    /// Bound on pre-copy rounds (then stop-and-copy regardless).
+    #[serde(default = "default_rounds")]
+    pub max_rounds: u32,
+    /// Bound on pre-copy time in seconds.
+    #[serde(default = "default_secs")]
+    pub max_secs: u64,
+}
+
+impl Default for LiveOpts {
+    fn default() -> Self {
+        Self {
+            downtime_ms: default_downtime(),
+            max_rounds: default_rounds(),
+            max_secs: default_secs(),
+        }
+    }
+}
+
+/// What a live migration sent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LiveSummary {
+    /// Pre-copy rounds (round 0 = all memory).
+    pub rounds: u32,
+    /// Stream bytes.
+    pub bytes: u64,
+    /// Pages sent in total (a page may be sent in several rounds).
+    pub pages: u64,
+    /// Pages sent while paused.
+    pub final_pages: u64,
+    /// Total time in milliseconds.
+    pub total_ms: u64,
+    /// Wall-clock time the vCPUs stopped (ms since the epoch): the downtime starts here.
+    pub paused_at_unix_ms: u64,
+    /// Time from the pause to the end of the stream, in milliseconds.
+    pub stop_copy_ms: u64,
+    /// Whether pre-copy met the downtime target (false: a bound forced the stop).
+    pub converged: bool,
+}

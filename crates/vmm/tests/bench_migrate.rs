@@ -1,0 +1,281 @@
+//! Benchmarks (not assertions on time): save/restore throughput and live-migration downtime of
+//! tiny guests on this machine's own `/dev/kvm`, where the VMM's own pause → transfer → resume
+//! path is what gets timed. Each figure is printed beside its physical bound measured in the same
+//! run (memcpy of the same bytes, a plain write of the same bytes to the same filesystem).
+//!
+//!     cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture
+//!
+//! Downtime is measured like the toolstack measures it: from the source VMM's pause (its
+//! `paused_at_unix_ms`) to the destination VMM's answer to `unpause`, with the destination fed
+//! through a FIFO while the stream is produced (as `xl migrate-receive` does).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command as Proc, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use rxen_vmm::api::{ApiClient, Command};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Idle: prints, then halts forever (no timer: the vCPU sleeps in KVM).
+const IDLE_GUEST: &str = r#"
+    PUTS ready
+1:  hlt
+    jmp 1b
+ready: .asciz "ready\n"
+"#;
+
+/// Touches 256 MiB once (non-zero pages to send), then halts.
+const TOUCH_GUEST: &str = r#"
+    mov $0x1000000, %rdi
+    mov $0x11000000, %rcx
+0:  movq %rdi, (%rdi)
+    add $4096, %rdi
+    cmp %rcx, %rdi
+    jb 0b
+    PUTS ready
+1:  hlt
+    jmp 1b
+ready: .asciz "ready\n"
+"#;
+
+/// Touches 256 MiB once (so there is something to send), then keeps dirtying a 32 MiB window,
+/// one 8-byte store per page, forever.
+const DIRTY_GUEST: &str = r#"
+    mov $0x1000000, %rdi
+    mov $0x11000000, %rcx
+0:  movq %rdi, (%rdi)
+    add $4096, %rdi
+    cmp %rcx, %rdi
+    jb 0b
+    PUTS ready
+    xor %rax, %rax
+1:  mov $0x1000000, %rdi
+2:  mov %rax, (%rdi)
+    add $4096, %rdi
+    cmp $0x3000000, %rdi
+    jb 2b
+    inc %rax
+    jmp 1b
+ready: .asciz "ready\n"
+"#;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn connect(p: &Path) -> ApiClient {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = ApiClient::connect(p) {
+            return c;
+        }
+        assert!(
+            start.elapsed() < T,
+            "API socket {} never accepted",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn spawn(kernel: &Path, mem_mib: u32, sock: &Path, extra: &[&str]) -> ChildGuard {
+    let mem = mem_mib.to_string();
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        &mem,
+        "--vcpus",
+        "1",
+        "--api-socket",
+        sock.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ChildGuard(Some(
+        Proc::new(vmm_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// GB/s of copying `bytes` in memory (the bound of any in-host transfer), best of 3.
+fn memcpy_rate(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
+}
+
+/// GB/s of writing `bytes` to a new file in `dir` and syncing it (the file system's bound).
+fn write_rate(dir: &Path, bytes: usize) -> f64 {
+    let p = dir.join("bound.bin");
+    let buf = vec![7u8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&p).unwrap();
+    for _ in 0..bytes.div_ceil(buf.len()) {
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+    let r = bytes as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let _ = std::fs::remove_file(&p);
+    r
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture"]
+fn benchmark_migrate_save_restore_throughput() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let k = build_guest(dir.path(), "dirty", &guest(DIRTY_GUEST));
+    let sock = dir.path().join("a.sock");
+    let mut a = spawn(&k, 512, &sock, &[]);
+    let mut c = connect(&sock);
+    // Wait until the guest has touched its 256 MiB (it prints nothing we read; poll CPU time).
+    std::thread::sleep(Duration::from_secs(3));
+    let file = dir.path().join("dom.save");
+    std::fs::write(&file, b"").unwrap();
+    let t = Instant::now();
+    let sum = c
+        .request(Command::Save { path: file.clone() })
+        .expect("save");
+    let save_s = t.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&file).unwrap().len() as usize;
+    c.request(Command::Destroy).unwrap();
+    let _ = wait_child(a.0.take().unwrap(), T);
+
+    let sock_b = dir.path().join("b.sock");
+    let t = Instant::now();
+    let mut b = spawn(&k, 512, &sock_b, &["--restore", file.to_str().unwrap()]);
+    let mut c = connect(&sock_b);
+    let restore_s = t.elapsed().as_secs_f64();
+    assert_eq!(c.info().unwrap().state, "running");
+    c.request(Command::Destroy).unwrap();
+    let _ = wait_child(b.0.take().unwrap(), T);
+
+    let mem = memcpy_rate(bytes);
+    let disk = write_rate(dir.path(), bytes);
+    let gb = |s: f64| bytes as f64 / s / 1e9;
+    println!(
+        "benchmark_migrate save/restore: {:.1} MiB of state ({sum}); save {:.3} s = {:.2} GB/s, restore (process start → API up) {:.3} s = {:.2} GB/s; same run: memcpy {:.2} GB/s, write+fsync to {} {:.2} GB/s; save/write-bound = {:.2}, restore/memcpy = {:.2}",
+        bytes as f64 / 1048576.0,
+        save_s,
+        gb(save_s),
+        restore_s,
+        gb(restore_s),
+        mem,
+        dir.path().display(),
+        disk,
+        gb(save_s) / disk,
+        gb(restore_s) / mem,
+    );
+}
+
+/// One live migration of `kernel` with `mem_mib` of RAM to a new VMM process; returns
+/// (downtime ms, total ms, summary).
+fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, serde_json::Value) {
+    let sock = dir.join(format!("{tag}-src.sock"));
+    let mut a = spawn(kernel, mem_mib, &sock, &[]);
+    let mut c = connect(&sock);
+    std::thread::sleep(Duration::from_secs(2));
+    let fifo = dir.join(format!("{tag}.fifo"));
+    let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+    let sock_b = dir.join(format!("{tag}-dst.sock"));
+    let mut b = spawn(
+        kernel,
+        mem_mib,
+        &sock_b,
+        &["--restore", fifo.to_str().unwrap(), "--paused"],
+    );
+    let mig = dir.join(format!("{tag}-mig.sock"));
+    let listener = std::os::unix::net::UnixListener::bind(&mig).unwrap();
+    let f2 = fifo.clone();
+    let relay = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut out = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        std::io::copy(&mut conn, &mut out).unwrap()
+    });
+    let t = Instant::now();
+    let sum = c
+        .request(Command::MigrateSend {
+            path: mig,
+            opts: rxen_vmm::vm::LiveOpts {
+                downtime_ms: 50,
+                max_rounds: 30,
+                max_secs: 60,
+            },
+        })
+        .expect("migrate_send");
+    relay.join().unwrap();
+    // The destination's API comes up once its restore is complete.
+    let mut d = connect(&sock_b);
+    d.request(Command::Unpause).unwrap();
+    let resumed = now_ms();
+    let total = t.elapsed().as_millis() as u64;
+    assert_eq!(d.info().unwrap().state, "running");
+    let paused_at = sum["paused_at_unix_ms"].as_u64().unwrap();
+    c.request(Command::Destroy).unwrap();
+    d.request(Command::Destroy).unwrap();
+    let _ = wait_child(a.0.take().unwrap(), T);
+    let _ = wait_child(b.0.take().unwrap(), T);
+    (resumed.saturating_sub(paused_at), total, sum)
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture"]
+fn benchmark_migrate_live_downtime_tiny_guests() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let idle = build_guest(dir.path(), "idle", &guest(IDLE_GUEST));
+    let touch = build_guest(dir.path(), "touch", &guest(TOUCH_GUEST));
+    let dirty = build_guest(dir.path(), "dirty", &guest(DIRTY_GUEST));
+    for (n, (name, k, mem)) in [
+        ("idle 256 MiB", &idle, 256),
+        ("idle 1 GiB", &idle, 1024),
+        ("idle 2 GiB", &idle, 2048),
+        ("idle 1 GiB with 256 MiB touched", &touch, 1024),
+        ("1 GiB dirtying a 32 MiB window non-stop", &dirty, 1024),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut downs = Vec::new();
+        let mut last = serde_json::Value::Null;
+        let mut totals = Vec::new();
+        for i in 0..3 {
+            let (down, total, sum) = live_once(dir.path(), k, mem, &format!("m{n}-{i}"));
+            downs.push(down);
+            totals.push(total);
+            last = sum;
+        }
+        downs.sort_unstable();
+        totals.sort_unstable();
+        println!(
+            "benchmark_migrate live {name}: downtime (source pause → destination running) median {} ms (min {}, max {}), total median {} ms; last summary {last}",
+            downs[1], downs[0], downs[2], totals[1]
+        );
+    }
+}
