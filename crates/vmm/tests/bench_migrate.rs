@@ -86,6 +86,7 @@ fn connect(p: &Path) -> ApiClient {
     }
 }
 
+/// Starts a VMM; its log goes to `<sock>.log` (read it with [`log_of`]).
 fn spawn(kernel: &Path, mem_mib: u32, sock: &Path, extra: &[&str]) -> ChildGuard {
     let mem = mem_mib.to_string();
     let mut args = vec![
@@ -104,10 +105,14 @@ fn spawn(kernel: &Path, mem_mib: u32, sock: &Path, extra: &[&str]) -> ChildGuard
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(sock.with_extension("log")).unwrap())
             .spawn()
             .unwrap(),
     ))
+}
+
+fn log_of(sock: &Path) -> String {
+    std::fs::read_to_string(sock.with_extension("log")).unwrap_or_default()
 }
 
 /// GB/s of copying `bytes` in memory (the bound of any in-host transfer), best of 3.
@@ -213,8 +218,12 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, s
     let f2 = fifo.clone();
     let relay = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let mut out = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
-        std::io::copy(&mut conn, &mut out).unwrap()
+        let out = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        // Record by record up to END, as `xl migrate-receive` feeds its VMM.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        rxen_migration::relay(&mut conn, &mut w, |_| {})
+            .map_err(|e| e.to_string())
+            .and_then(|n| w.flush().map(|()| n).map_err(|e| e.to_string()))
     });
     let t = Instant::now();
     let sum = c
@@ -226,8 +235,20 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, s
                 max_secs: 60,
             },
         })
-        .expect("migrate_send");
-    relay.join().unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "migrate_send: {e:?}\n--- source log:\n{}\n--- destination log:\n{}",
+                log_of(&sock),
+                log_of(&sock_b)
+            )
+        });
+    if let Err(e) = relay.join().unwrap() {
+        panic!(
+            "relaying to the destination failed: {e}\n--- source log:\n{}\n--- destination log:\n{}",
+            log_of(&sock),
+            log_of(&sock_b)
+        );
+    }
     // The destination's API comes up once its restore is complete.
     let mut d = connect(&sock_b);
     d.request(Command::Unpause).unwrap();
