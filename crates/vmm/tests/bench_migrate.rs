@@ -300,3 +300,195 @@ fn benchmark_migrate_live_downtime_tiny_guests() {
         );
     }
 }
+
+/// A minimal QMP client (QEMU's JSON monitor) over a UNIX socket.
+struct Qmp {
+    r: std::io::BufReader<std::os::unix::net::UnixStream>,
+    w: std::os::unix::net::UnixStream,
+    events: Vec<serde_json::Value>,
+}
+
+impl Qmp {
+    fn connect(p: &Path) -> Qmp {
+        let start = Instant::now();
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(p) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(start.elapsed() < T, "QMP {}: {e}", p.display());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        let mut q = Qmp {
+            r: std::io::BufReader::new(s.try_clone().unwrap()),
+            w: s,
+            events: Vec::new(),
+        };
+        q.line(); // greeting
+        q.cmd(r#"{"execute":"qmp_capabilities"}"#);
+        q
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut self.r, &mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("QMP {l:?}: {e}"))
+    }
+
+    /// Sends a command; its `return` value (events are kept in `events`).
+    fn cmd(&mut self, c: &str) -> serde_json::Value {
+        self.w.write_all(c.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        loop {
+            let v = self.line();
+            if let Some(r) = v.get("return") {
+                return r.clone();
+            }
+            assert!(v.get("error").is_none(), "QMP {c}: {v}");
+            if v.get("event").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
+    /// Unix time in ms of the first event named `name` received so far.
+    fn event_ms(&self, name: &str) -> Option<u64> {
+        let e = self.events.iter().find(|e| e["event"] == name)?;
+        let t = &e["timestamp"];
+        Some(t["seconds"].as_u64()? * 1000 + t["microseconds"].as_u64()? / 1000)
+    }
+}
+
+/// One QEMU live migration (KVM, `-M pc`, `mem_mib`) of an idle guest: a 64 KiB "BIOS" whose
+/// reset vector halts. Returns (source STOP → destination RESUME, QEMU's own downtime figure,
+/// QEMU's total time), in ms.
+fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
+    let bios = dir.join("halt-bios.bin");
+    if !bios.exists() {
+        // Real mode at 0xFFFF0: cli; hlt; jmp back to hlt.
+        let mut b = vec![0xf4u8; 64 << 10];
+        let n = b.len();
+        b[n - 16..n - 12].copy_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]);
+        std::fs::write(&bios, b).unwrap();
+    }
+    let qmp_a = dir.join(format!("{tag}-qa.sock"));
+    let qmp_b = dir.join(format!("{tag}-qb.sock"));
+    let mig = dir.join(format!("{tag}-qmig.sock"));
+    let qemu = |qmp: &Path, extra: &[String]| {
+        let mut args: Vec<String> = [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-accel",
+            "kvm",
+            "-M",
+            "pc",
+            "-cpu",
+            "host",
+            "-m",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(mem_mib.to_string());
+        args.push("-bios".into());
+        args.push(bios.display().to_string());
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", qmp.display()));
+        args.extend_from_slice(extra);
+        ChildGuard(Some(
+            Proc::new("qemu-system-x86_64")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let _a = qemu(&qmp_a, &[]);
+    let _b = qemu(
+        &qmp_b,
+        &["-incoming".into(), format!("unix:{}", mig.display())],
+    );
+    let mut qa = Qmp::connect(&qmp_a);
+    let mut qb = Qmp::connect(&qmp_b);
+    std::thread::sleep(Duration::from_secs(1));
+    qa.cmd(&format!(
+        r#"{{"execute":"migrate-set-parameters","arguments":{{"downtime-limit":50}}}}"#
+    ));
+    qa.cmd(&format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
+        mig.display()
+    ));
+    let start = Instant::now();
+    let info = loop {
+        let v = qa.cmd(r#"{"execute":"query-migrate"}"#);
+        match v["status"].as_str() {
+            Some("completed") => break v,
+            Some("failed") | Some("cancelled") => panic!("QEMU migration: {v}"),
+            _ => {}
+        }
+        assert!(start.elapsed() < T, "QEMU migration did not complete: {v}");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let start = Instant::now();
+    while qb.cmd(r#"{"execute":"query-status"}"#)["status"] != "running" {
+        assert!(start.elapsed() < T, "QEMU destination never ran");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The same definition as rxen's: source stopped (STOP event) → destination runs (RESUME).
+    let stop = qa.event_ms("STOP").expect("source STOP event");
+    let resume = qb.event_ms("RESUME").expect("destination RESUME event");
+    (
+        resume.saturating_sub(stop),
+        info["downtime"].as_u64().unwrap_or(0),
+        info["total-time"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture"]
+fn benchmark_migrate_live_downtime_vs_qemu_idle() {
+    if !can_run() {
+        return;
+    }
+    if Proc::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("benchmark_migrate vs QEMU: qemu-system-x86_64 not installed, skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let idle = build_guest(dir.path(), "idle", &guest(IDLE_GUEST));
+    for mem in [256u32, 1024, 2048] {
+        let (mut rx, mut rt) = (Vec::new(), Vec::new());
+        let (mut qd, mut qown, mut qt) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..5 {
+            let (d, t, _) = live_once(dir.path(), &idle, mem, &format!("r{mem}-{i}"));
+            rx.push(d);
+            rt.push(t);
+            let (d, own, t) = qemu_once(dir.path(), mem, &format!("q{mem}-{i}"));
+            qd.push(d);
+            qown.push(own);
+            qt.push(t);
+        }
+        for v in [&mut rx, &mut rt, &mut qd, &mut qown, &mut qt] {
+            v.sort_unstable();
+        }
+        println!(
+            "benchmark_migrate idle {mem} MiB, same run, medians of 5: downtime (source stop → destination running) rxen {} ms vs QEMU {} ms (QEMU's own downtime figure {} ms), QEMU/rxen = {:.2}; total time rxen {} ms vs QEMU {} ms, QEMU/rxen = {:.2}",
+            rx[2],
+            qd[2],
+            qown[2],
+            qd[2] as f64 / rx[2].max(1) as f64,
+            rt[2],
+            qt[2],
+            qt[2] as f64 / rt[2].max(1) as f64
+        );
+    }
+}
