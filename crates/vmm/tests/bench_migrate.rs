@@ -416,9 +416,7 @@ fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
     let mut qa = Qmp::connect(&qmp_a);
     let mut qb = Qmp::connect(&qmp_b);
     std::thread::sleep(Duration::from_secs(1));
-    qa.cmd(&format!(
-        r#"{{"execute":"migrate-set-parameters","arguments":{{"downtime-limit":50}}}}"#
-    ));
+    qa.cmd(r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50}}"#);
     qa.cmd(&format!(
         r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
         mig.display()
