@@ -10,6 +10,7 @@
 //! * [`host`]: host services (`rxen host start|stop|status`, Xen's xencommons/xendomains).
 //! * [`console`]: attaching a terminal (or a pipe) to a domain console (`xl console`).
 //! * [`hotplug`]: devices into running domains (`xl block-attach`, `network-attach`, …).
+//! * [`relocation`]: `rxen relocation-server|connect|certs` (xend's relocation service over mutual TLS).
 //! * [`migrate`]: `xl save`, `xl restore` (save files in Xen's xl format carrying rxen streams).
 
 pub mod build;
@@ -22,6 +23,7 @@ pub mod migrate;
 pub mod ops;
 pub mod paths;
 pub mod registry;
+pub mod relocation;
 pub mod sched;
 pub mod supervisor;
 

@@ -254,6 +254,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transport_runes_for_ssh_exec_tls_and_tcp() {
+        let mut o = MigrateOpts::default();
+        assert_eq!(transport_rune(&o, "b"), "exec ssh b xl migrate-receive");
+        o.paused = true;
+        o.ssh_command = Some("ssh -p 2222".into());
+        assert_eq!(
+            transport_rune(&o, "b"),
+            "exec ssh -p 2222 b xl migrate-receive -p"
+        );
+        o.ssh_command = Some(String::new());
+        assert_eq!(transport_rune(&o, "my cmd"), "my cmd");
+        // The relocation service: -s does not apply; flags travel in the request line.
+        let tls = transport_rune(&o, "tls://10.0.0.2:8003");
+        assert!(
+            tls.starts_with("exec ") && tls.ends_with(" relocation-connect 10.0.0.2:8003 -p"),
+            "{tls}"
+        );
+        o.paused = false;
+        o.debug = true;
+        let tcp = transport_rune(&o, "tcp://h");
+        assert!(
+            tcp.ends_with(" relocation-connect --insecure h -d"),
+            "{tcp}"
+        );
+        let odd = transport_rune(&o, "tls://h;rm");
+        assert!(odd.ends_with(" relocation-connect 'h;rm' -d"), "{odd}");
+    }
+
+    #[test]
     fn restore_mark_is_taken_once() {
         let d = tempfile::tempdir().unwrap();
         assert!(take_restore(d.path()).is_none());
@@ -416,8 +445,28 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The transport command line, as Xen builds it.
+/// The transport command line, as Xen builds it: `ssh HOST xl migrate-receive`, or the
+/// relocation service for `tls://HOST[:PORT]` (mutual TLS) and `tcp://HOST[:PORT]` (plain
+/// TCP, only when the user writes it).
 pub fn transport_rune(opts: &MigrateOpts, host: &str) -> String {
+    let flags = format!(
+        "{}{}",
+        if opts.debug { " -d" } else { "" },
+        if opts.paused { " -p" } else { "" }
+    );
+    let relocation = |target: &str, insecure: &str| {
+        format!(
+            "exec {} relocation-connect{insecure} {}{flags}",
+            crate::relocation::sibling_binary("rxen"),
+            shell_quote(target)
+        )
+    };
+    if let Some(t) = host.strip_prefix("tls://") {
+        return relocation(t, "");
+    }
+    if let Some(t) = host.strip_prefix("tcp://") {
+        return relocation(t, " --insecure");
+    }
     match opts.ssh_command.as_deref() {
         Some("") => host.to_string(),
         ssh => format!(
@@ -426,6 +475,16 @@ pub fn transport_rune(opts: &MigrateOpts, host: &str) -> String {
             if opts.debug { " -d" } else { "" },
             if opts.paused { " -p" } else { "" }
         ),
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-:/@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
