@@ -5,6 +5,7 @@
 //! * [`bus`]: port-I/O and MMIO buses that route a vCPU exit to the device owning the address;
 //! * [`legacy`]: the PC platform devices (16550 UART, i8042 reset line, CMOS/RTC, pvpanic and the
 //!   ACPI PM1 register block used for power button, S5 poweroff and reset);
+//! * [`cpu_hotplug`]: the ACPI CPU hot-plug controller (vCPUs added and removed at run time);
 //! * [`pci`]: a PCI host bridge (configuration mechanism #1 on ports 0xCF8/0xCFC) and the generic
 //!   configuration-space model;
 //! * [`virtio`]: the virtio-pci (modern) transport with MSI-X and the virtio devices: console, block,
@@ -16,6 +17,7 @@
 //! get its own device reset.
 
 pub mod bus;
+pub mod cpu_hotplug;
 pub mod interrupt;
 pub mod legacy;
 pub mod pci;
