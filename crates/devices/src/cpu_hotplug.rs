@@ -248,9 +248,10 @@ impl BusDevice for CpuHotplugController {
             REG_SEL => self.regs.sel,
             REG_STS => match self.selected() {
                 Some(id) => {
-                    u32::from(self.regs.present.contains(id)) * STS_PRESENT
-                        | u32::from(self.regs.insert.contains(id)) * STS_INSERT
-                        | u32::from(self.regs.remove.contains(id)) * STS_REMOVE
+                    let bit = |set: &CpuSet, b: u32| if set.contains(id) { b } else { 0 };
+                    bit(&self.regs.present, STS_PRESENT)
+                        | bit(&self.regs.insert, STS_INSERT)
+                        | bit(&self.regs.remove, STS_REMOVE)
                 }
                 None => 0,
             },
