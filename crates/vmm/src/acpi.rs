@@ -1,9 +1,15 @@
 //! ACPI tables: RSDP, XSDT, FADT (PM1 block, power button, S5, reset register), FACS, DSDT (PCI
-//! host bridge, COM1, pvpanic, \_S5) and MADT (local APICs, IOAPIC, overrides).
+//! host bridge, COM1, pvpanic, \_S5, PCI hot-plug, and for a domain that can change its vCPUs the
+//! processor devices of CPU hot-plug) and MADT (local APICs, IOAPIC, overrides).
 
 use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
+use rxen_devices::cpu_hotplug::{CMD_CLEAR_INSERT, CMD_CLEAR_REMOVE};
+use rxen_devices::cpu_hotplug::{
+    CMD_EJECT, CPU_HOTPLUG_BASE, CPU_HOTPLUG_LEN, GPE_CPU_HOTPLUG, REG_CMD, REG_MAX, REG_SEL,
+    REG_STS, STS_INSERT, STS_PRESENT, STS_REMOVE,
+};
 use rxen_devices::legacy::acpi_pm::{
     PM1_CNT_OFFSET, PM1_EVT_OFFSET, PM_BASE, PM_TMR_OFFSET, RESET_OFFSET, RESET_VALUE, S5_SLP_TYP,
     SCI_IRQ,
@@ -82,7 +88,7 @@ fn fadt(dsdt: u64, facs: u64) -> Sdt {
     f
 }
 
-fn dsdt() -> Sdt {
+fn dsdt(hotplug_cpus: Option<u8>) -> Sdt {
     let mut d = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     let mmio_max = (PCI_MMIO_END - 1) as u32;
     // Each object is serialised in one statement so its temporaries live long enough.
@@ -146,6 +152,9 @@ fn dsdt() -> Sdt {
     )
     .to_aml_bytes(&mut d);
     pci_hotplug_aml(&mut d);
+    if let Some(max) = hotplug_cpus {
+        cpu_hotplug_aml(&mut d, max);
+    }
     aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![
@@ -266,12 +275,148 @@ fn pci_hotplug_aml(d: &mut Sdt) {
     .to_aml_bytes(d);
 }
 
-fn madt(vcpus: u8) -> Sdt {
-    let mut m = Sdt::new(*b"APIC", 44, 4, OEM_ID, OEM_TABLE, 1);
+/// Name of CPU `id`'s processor device.
+fn cpu_name(id: u8) -> String {
+    format!("CP{id:02X}")
+}
+
+/// ACPI CPU hot-plug (see `rxen_devices::cpu_hotplug`): the controller's registers as fields
+/// under a mutex, one `ACPI0007` processor device per possible CPU (`_STA` from the controller,
+/// `_MAT` = its enabled local-APIC entry, `_EJ0` for all but CPU 0), and the GPE handler that
+/// acknowledges each CPU's events and notifies it.
+fn cpu_hotplug_aml(d: &mut Sdt, max: u8) {
+    debug_assert_eq!((REG_SEL, REG_STS, REG_CMD, REG_MAX), (0, 4, 8, 12));
+    let lock = || aml::Acquire::new("CPLK".into(), 0xffff);
+    let unlock = || aml::Release::new("CPLK".into());
+    let mut body: Vec<RawAml> = vec![
+        to_raw(&aml::OpRegion::new(
+            "CPHR".into(),
+            aml::OpRegionSpace::SystemIO,
+            &u32::from(CPU_HOTPLUG_BASE),
+            &u32::from(CPU_HOTPLUG_LEN),
+        )),
+        to_raw(&aml::Field::new(
+            "CPHR".into(),
+            aml::FieldAccessType::DWord,
+            aml::FieldLockRule::NoLock,
+            aml::FieldUpdateRule::WriteAsZeroes,
+            vec![
+                aml::FieldEntry::Named(*b"CSEL", 32),
+                aml::FieldEntry::Named(*b"CSTS", 32),
+                aml::FieldEntry::Named(*b"CCMD", 32),
+                aml::FieldEntry::Named(*b"CMAX", 32),
+            ],
+        )),
+        to_raw(&aml::Mutex::new("CPLK".into(), 0)),
+        // CSTA(cpu): 0xF when present, else 0.
+        to_raw(&aml::Method::new(
+            "CSTA".into(),
+            1,
+            true,
+            vec![
+                &lock(),
+                &aml::Store::new(&aml::Path::new("CSEL"), &aml::Arg(0)),
+                &aml::Store::new(&aml::Local(0), &aml::ZERO),
+                &aml::If::new(
+                    &aml::And::new(&aml::ZERO, &aml::Path::new("CSTS"), &STS_PRESENT),
+                    vec![&aml::Store::new(&aml::Local(0), &0xfu8)],
+                ),
+                &unlock(),
+                &aml::Return::new(&aml::Local(0)),
+            ],
+        )),
+        // CEJ0(cpu): the guest released the CPU.
+        to_raw(&aml::Method::new(
+            "CEJ0".into(),
+            1,
+            true,
+            vec![
+                &lock(),
+                &aml::Store::new(&aml::Path::new("CSEL"), &aml::Arg(0)),
+                &aml::Store::new(&aml::Path::new("CCMD"), &CMD_EJECT),
+                &unlock(),
+            ],
+        )),
+    ];
+    // CSCN: for every CPU but the boot CPU, acknowledge and notify its events.
+    let mut scan: Vec<RawAml> = vec![to_raw(&lock())];
+    for id in 1..max {
+        let name = cpu_name(id);
+        scan.push(to_raw(&aml::Store::new(
+            &aml::Path::new("CSEL"),
+            &u32::from(id),
+        )));
+        scan.push(to_raw(&aml::Store::new(
+            &aml::Local(0),
+            &aml::Path::new("CSTS"),
+        )));
+        for (bit, ack, event) in [
+            (STS_INSERT, CMD_CLEAR_INSERT, 1u8),
+            (STS_REMOVE, CMD_CLEAR_REMOVE, 3u8),
+        ] {
+            scan.push(to_raw(&aml::If::new(
+                &aml::And::new(&aml::ZERO, &aml::Local(0), &bit),
+                vec![
+                    &aml::Store::new(&aml::Path::new("CCMD"), &ack),
+                    &aml::Notify::new(&aml::Path::new(&name), &event),
+                ],
+            )));
+        }
+    }
+    scan.push(to_raw(&unlock()));
+    body.push(to_raw(&aml::Method::new(
+        "CSCN".into(),
+        0,
+        true,
+        scan.iter().map(|a| a as &dyn Aml).collect(),
+    )));
+    for id in 0..max {
+        let mat = aml::BufferData::new(vec![0, 8, id, id, 1, 0, 0, 0]);
+        let call_sta = aml::MethodCall::new("CSTA".into(), vec![&id]);
+        let ret = aml::Return::new(&call_sta);
+        let sta = aml::Method::new("_STA".into(), 0, false, vec![&ret]);
+        let call_ej0 = aml::MethodCall::new("CEJ0".into(), vec![&id]);
+        let ej0 = aml::Method::new("_EJ0".into(), 1, false, vec![&call_ej0]);
+        let hid = aml::Name::new("_HID".into(), &"ACPI0007");
+        let uid = aml::Name::new("_UID".into(), &id);
+        let mat = aml::Name::new("_MAT".into(), &mat);
+        let mut children: Vec<&dyn Aml> = vec![&hid, &uid, &mat, &sta];
+        if id != 0 {
+            children.push(&ej0);
+        }
+        body.push(to_raw(&aml::Device::new(
+            cpu_name(id).as_str().into(),
+            children,
+        )));
+    }
+    aml::Scope::new(
+        "\\_SB_".into(),
+        body.iter().map(|a| a as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(d);
+    let gpe_method = format!("_E{GPE_CPU_HOTPLUG:02X}");
+    aml::Scope::new(
+        "\\_GPE".into(),
+        vec![&aml::Method::new(
+            gpe_method.as_str().into(),
+            0,
+            false,
+            vec![&aml::MethodCall::new("\\_SB_.CSCN".into(), vec![])],
+        )],
+    )
+    .to_aml_bytes(d);
+}
+
+/// The MADT: `vcpus` enabled local APICs, and up to `max` the others as disabled but
+/// online-capable (MADT revision 5), so the guest reserves them for hot-plug.
+fn madt(vcpus: u8, max: u8) -> Sdt {
+    let mut m = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE, 1);
     m.write_u32(36, LAPIC_ADDR as u32);
     m.write_u32(40, 1); // PCAT_COMPAT: dual 8259s present
-    for id in 0..vcpus {
-        m.append_slice(&[0, 8, id, id, 1, 0, 0, 0]);
+    for id in 0..max.max(vcpus) {
+        // Flags: bit 0 enabled, bit 1 online capable (only meaningful when not enabled).
+        let flags = if id < vcpus { 1 } else { 2 };
+        m.append_slice(&[0, 8, id, id, flags, 0, 0, 0]);
     }
     let mut ioapic = vec![1u8, 12, 0, 0];
     ioapic.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
@@ -314,8 +459,14 @@ fn rsdp(xsdt: u64) -> Vec<u8> {
     r
 }
 
-/// Writes all tables into the reserved ACPI area; returns the RSDP address.
-pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64, AcpiError> {
+/// Writes all tables into the reserved ACPI area; returns the RSDP address. With `max_vcpus`
+/// the domain can change its vCPUs at run time: the MADT lists `max_vcpus` local APICs and the
+/// DSDT holds the CPU hot-plug objects.
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    max_vcpus: Option<u8>,
+) -> Result<u64, AcpiError> {
     let align = |x: u64| (x + 63) & !63;
     let rsdp_addr = ACPI_START;
     let mut cur = align(rsdp_addr + 36);
@@ -323,13 +474,13 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64, AcpiError> 
     let facs = facs();
     cur = align(cur + facs.len() as u64);
     let dsdt_addr = cur;
-    let dsdt = dsdt();
+    let dsdt = dsdt(max_vcpus);
     cur = align(cur + dsdt.len() as u64);
     let fadt_addr = cur;
     let fadt = fadt(dsdt_addr, facs_addr);
     cur = align(cur + fadt.len() as u64);
     let madt_addr = cur;
-    let madt = madt(vcpus);
+    let madt = madt(vcpus, max_vcpus.unwrap_or(vcpus));
     cur = align(cur + madt.len() as u64);
     let xsdt_addr = cur;
     let mut xsdt = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE, 1);
@@ -365,7 +516,7 @@ mod tests {
     #[test]
     fn tables_have_valid_checksums_and_links() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp_addr = write_tables(&mem, 2).unwrap();
+        let rsdp_addr = write_tables(&mem, 2, None).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, GuestAddress(rsdp_addr)).unwrap();
         assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
@@ -422,5 +573,80 @@ mod tests {
             }
         }
         assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+    }
+
+    fn table(mem: &GuestMemoryMmap, sig: &[u8; 4]) -> Vec<u8> {
+        let read_table = |addr: u64| {
+            let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
+            let mut t = vec![0u8; len as usize];
+            mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+            t
+        };
+        let xsdt: u64 = mem.read_obj(GuestAddress(ACPI_START + 24)).unwrap();
+        let x = read_table(xsdt);
+        for i in 0..(x.len() - 36) / 8 {
+            let a = u64::from_le_bytes(x[36 + 8 * i..44 + 8 * i].try_into().unwrap());
+            let t = read_table(a);
+            if &t[..4] == sig {
+                return t;
+            }
+            if &t[..4] == b"FACP" && sig == b"DSDT" {
+                return read_table(u64::from_le_bytes(t[140..148].try_into().unwrap()));
+            }
+        }
+        panic!("no {sig:?}");
+    }
+
+    /// Local APIC entries of a MADT: (processor id, APIC id, flags).
+    fn lapics(m: &[u8]) -> Vec<(u8, u8, u32)> {
+        let (mut off, mut out) = (44, vec![]);
+        while off + 2 <= m.len() {
+            if m[off] == 0 {
+                let f = u32::from_le_bytes(m[off + 4..off + 8].try_into().unwrap());
+                out.push((m[off + 2], m[off + 3], f));
+            }
+            off += usize::from(m[off + 1]).max(1);
+        }
+        out
+    }
+
+    #[test]
+    fn hotplug_capable_domain_lists_every_possible_cpu() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_tables(&mem, 1, Some(3)).unwrap();
+        let m = table(&mem, b"APIC");
+        assert!(checksum_ok(&m));
+        assert_eq!(
+            m[8], 5,
+            "MADT revision 5: the online-capable flag is defined"
+        );
+        assert_eq!(lapics(&m), vec![(0, 0, 1), (1, 1, 2), (2, 2, 2)]);
+        let d = table(&mem, b"DSDT");
+        assert!(checksum_ok(&d));
+        let has = |name: &[u8]| d.windows(name.len()).any(|w| w == name);
+        for name in [
+            &b"CP00"[..],
+            b"CP01",
+            b"CP02",
+            b"CSCN",
+            b"CSTA",
+            b"CEJ0",
+            b"CPLK",
+            b"_E02",
+            b"_MAT",
+            b"ACPI0007",
+        ] {
+            assert!(has(name), "{}", String::from_utf8_lossy(name));
+        }
+        assert!(!has(b"CP03"), "no device beyond maxvcpus");
+        if let Ok(dir) = std::env::var("RXEN_DUMP_DSDT") {
+            std::fs::write(format!("{dir}/dsdt-cpuhp.aml"), &d).unwrap();
+        }
+
+        // Without hot-plug: no processor devices, only the boot vCPUs in the MADT.
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        write_tables(&mem, 2, None).unwrap();
+        assert_eq!(lapics(&table(&mem, b"APIC")), vec![(0, 0, 1), (1, 1, 1)]);
+        assert!(!table(&mem, b"DSDT").windows(4).any(|w| w == b"CSCN"));
     }
 }

@@ -56,6 +56,13 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         soft: Option<Vec<u32>>,
     },
+    /// Make vCPUs `0..count` present and ask the guest to eject the others (`xl vcpu-set`,
+    /// ACPI CPU hot-plug; needs a domain started with `max_vcpus`). Answers at once with
+    /// `{"vcpus": count, "present": [ids]}`; an eject completes when the guest releases the CPU.
+    SetVcpus {
+        /// vCPUs wanted, 1..=max_vcpus.
+        count: u32,
+    },
     /// Move the balloon so that the guest keeps `target_kib` of memory (`xl mem-set`).
     SetBalloon {
         /// Memory the guest should keep, KiB.
@@ -248,6 +255,9 @@ pub struct VcpuInfo {
     /// Soft affinity as requested (empty = every CPU).
     #[serde(default)]
     pub soft_affinity: Vec<u32>,
+    /// The host asked the guest to eject this vCPU and the guest has not done it yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ejecting: bool,
 }
 
 /// Balloon state in `info`.
@@ -286,8 +296,11 @@ pub struct Info {
     pub memory_mib: u64,
     /// Resident set of the VMM process (guest memory included), in KiB.
     pub rss_kib: u64,
-    /// vCPUs.
+    /// The vCPUs the guest has (present ones: hot-unplugged vCPUs are not listed).
     pub vcpus: Vec<VcpuInfo>,
+    /// Possible vCPUs (`max_vcpus`; 0 from a VMM that does not report it).
+    #[serde(default)]
+    pub max_vcpus: u8,
     /// COM1.
     pub serial: ConsoleInfo,
     /// virtio console.

@@ -232,6 +232,9 @@ pub struct VcpuControl {
     pub kick_signal: i32,
     /// Bit n set: inject an NMI into vCPU n before its next KVM_RUN (`xl trigger dom nmi`).
     nmi_pending: std::sync::atomic::AtomicU64,
+    /// vCPUs the guest ejected (CPU hot-unplug): their threads stay parked while the domain
+    /// runs, until the vCPU is added again. Changed under the state lock.
+    offline: [std::sync::atomic::AtomicU64; 4],
 }
 
 impl VcpuControl {
@@ -243,7 +246,33 @@ impl VcpuControl {
             cv: Condvar::new(),
             kick_signal,
             nmi_pending: std::sync::atomic::AtomicU64::new(0),
+            offline: Default::default(),
         }
+    }
+
+    /// Whether vCPU `id` is offline (ejected by the guest, its thread parked).
+    pub fn is_offline(&self, id: u8) -> bool {
+        let i = usize::from(id);
+        self.offline[i / 64].load(std::sync::atomic::Ordering::SeqCst) & (1 << (i % 64)) != 0
+    }
+
+    /// Parks (`true`) or releases (`false`) vCPU `id`'s thread; the caller kicks the vCPU so a
+    /// running one leaves KVM_RUN.
+    pub fn set_offline(&self, id: u8, offline: bool) {
+        let _g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let i = usize::from(id);
+        let bit = 1u64 << (i % 64);
+        if offline {
+            self.offline[i / 64].fetch_or(bit, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.offline[i / 64].fetch_and(!bit, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Whether vCPU `id` must stay parked in state `s`.
+    fn must_park(&self, s: RunState, id: u8) -> bool {
+        s == RunState::Paused || (s == RunState::Running && self.is_offline(id))
     }
 
     /// Requests an NMI for vCPU `id`; the caller kicks the vCPUs so it is delivered promptly.
@@ -306,13 +335,13 @@ impl VcpuControl {
     /// that the captured state is consistent (KVM's documented rule for saving state).
     fn park_and_serve(&self, vcpu: &mut VcpuFd, id: u8) -> bool {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 == RunState::Running {
+        if g.0 == RunState::Running && !self.is_offline(id) {
             return true;
         }
         g.1 += 1;
         self.cv.notify_all();
         let mut settled = false;
-        while g.0 == RunState::Paused {
+        while self.must_park(g.0, id) {
             let task = self
                 .tasks
                 .lock()

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
+use rxen_devices::cpu_hotplug::{CpuHotplugController, CPU_HOTPLUG_BASE, CPU_HOTPLUG_LEN};
 use rxen_devices::interrupt::{IrqLine, MsiSender};
 use rxen_devices::legacy::{
     acpi_pm, cmos, i8042, pvpanic, serial, AcpiPm, Cmos, PvPanic, Serial, I8042,
@@ -140,6 +141,8 @@ enum Internal {
     VmmError(String),
     /// The guest ejected the device in this PCI slot (ACPI `_EJ0`).
     Ejected(usize),
+    /// The guest ejected this vCPU (ACPI `_EJ0` of its processor device).
+    CpuEjected(u8),
 }
 
 struct ChannelSink {
@@ -161,6 +164,8 @@ impl GuestEventSink for ChannelSink {
 }
 
 struct VcpuHandle {
+    /// vCPU index (= APIC id).
+    id: u8,
     thread: JoinHandle<VcpuExitReason>,
     /// Host thread id, published by the thread itself (0 until it runs).
     tid: Arc<AtomicI32>,
@@ -362,8 +367,20 @@ pub struct Vm {
     acpi_pm: Arc<Mutex<AcpiPm>>,
     cmos: Arc<Mutex<Cmos>>,
     control: Arc<VcpuControl>,
-    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    /// Created vCPUs whose threads have not started yet, with their index.
+    vcpu_fds: Vec<(u8, kvm_ioctls::VcpuFd)>,
+    /// vCPU threads (an ejected vCPU's thread stays, parked, and is reused when it is re-added:
+    /// KVM cannot destroy a vCPU).
     vcpus: Vec<VcpuHandle>,
+    /// Possible vCPUs (`max_vcpus`, or `vcpus` without hot-plug).
+    max_vcpus: u8,
+    /// The CPU hot-plug controller, when the domain can change its vCPUs.
+    cpu_hotplug: Option<Arc<Mutex<CpuHotplugController>>>,
+    /// The GPE block (saved with the machine: its enable bits are the guest's).
+    gpe: Arc<Mutex<GpeBlock>>,
+    /// What new vCPUs are configured with.
+    cpuid: kvm_bindings::CpuId,
+    boot_info: boot::BootInfo,
     sink: Arc<ChannelSink>,
     events_rx: mpsc::Receiver<Internal>,
     serial_input: Option<File>,
@@ -527,6 +544,16 @@ impl Vm {
                 .unwrap_or_else(|e| e.into_inner())
                 .set_eject_callback(Box::new(move |slot| sink.send(Internal::Ejected(slot))));
         }
+        let max_vcpus = cfg.max_vcpus.unwrap_or(cfg.vcpus).max(cfg.vcpus);
+        let cpu_hotplug = cfg.max_vcpus.map(|_| {
+            let mut c = CpuHotplugController::new(usize::from(max_vcpus), gpe.clone());
+            for id in 0..cfg.vcpus {
+                c.set_present(usize::from(id));
+            }
+            let sink = sink.clone();
+            c.set_eject_callback(Box::new(move |id| sink.send(Internal::CpuEjected(id))));
+            Arc::new(Mutex::new(c))
+        });
         let offset = cfg
             .rtc
             .timeoffset_secs
@@ -569,8 +596,16 @@ impl Vm {
         let pci_root = Arc::new(Mutex::new(PciRoot::new(mmio.clone())));
         pio.insert(pci_root.clone(), PCI_CONFIG_PORT, 8)
             .map_err(dev_err("pci"))?;
-        pio.insert(gpe, u64::from(GPE0_BASE), u64::from(GPE0_LEN))
+        pio.insert(gpe.clone(), u64::from(GPE0_BASE), u64::from(GPE0_LEN))
             .map_err(dev_err("acpi-gpe"))?;
+        if let Some(c) = &cpu_hotplug {
+            pio.insert(
+                c.clone(),
+                u64::from(CPU_HOTPLUG_BASE),
+                u64::from(CPU_HOTPLUG_LEN),
+            )
+            .map_err(dev_err("cpu-hotplug"))?;
+        }
         pio.insert(
             hotplug.clone(),
             u64::from(HOTPLUG_BASE),
@@ -657,7 +692,7 @@ impl Vm {
             }));
 
         // Guest image.
-        let rsdp = acpi::write_tables(&mem, cfg.vcpus)?;
+        let rsdp = acpi::write_tables(&mem, cfg.vcpus, cfg.max_vcpus.map(|_| max_vcpus))?;
         let cmdline = cfg
             .cmdline
             .clone()
@@ -689,8 +724,8 @@ impl Vm {
             let v = vm_fd
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            cpu::configure_vcpu(&v, id, cfg.vcpus, &cpuid, &boot_info)?;
-            vcpu_fds.push(v);
+            cpu::configure_vcpu(&v, id, max_vcpus, &cpuid, &boot_info)?;
+            vcpu_fds.push((id, v));
         }
         let kick_signal = vmm_sys_util::signal::SIGRTMIN();
         vmm_sys_util::signal::register_signal_handler(kick_signal, cpu::kick_handler).map_err(
@@ -700,7 +735,7 @@ impl Vm {
             },
         )?;
 
-        let affinity = (0..usize::from(cfg.vcpus))
+        let affinity = (0..usize::from(max_vcpus))
             .map(|i| {
                 (
                     cfg.cpu_affinity.get(i).cloned().unwrap_or_default(),
@@ -720,6 +755,11 @@ impl Vm {
             control: Arc::new(VcpuControl::new(kick_signal)),
             vcpu_fds,
             vcpus: vec![],
+            max_vcpus,
+            cpu_hotplug,
+            gpe,
+            cpuid,
+            boot_info,
             sink,
             events_rx,
             serial_input,
@@ -739,14 +779,25 @@ impl Vm {
     }
 
     fn start_vcpus(&mut self) -> Result<(), VmError> {
-        for (id, fd) in self.vcpu_fds.drain(..).enumerate() {
+        for (id, fd) in std::mem::take(&mut self.vcpu_fds) {
+            self.spawn_vcpu(id, fd)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_vcpu(&mut self, id: u8, fd: kvm_ioctls::VcpuFd) -> Result<(), VmError> {
+        {
             let pio = self.pio.clone();
             let mmio = self.mmio.clone();
             let control = self.control.clone();
             let sink = self.sink.clone();
             let tid = Arc::new(AtomicI32::new(0));
             let tid2 = tid.clone();
-            let (hard, soft) = self.affinity.get(id).cloned().unwrap_or_default();
+            let (hard, soft) = self
+                .affinity
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_default();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
@@ -756,16 +807,122 @@ impl Vm {
                         tracing::warn!("vcpu{id}: CPU affinity {hard:?}: {e}");
                     }
                     let ev: Arc<dyn GuestEventSink> = sink.clone();
-                    let r = cpu::run_vcpu(fd, id as u8, pio, mmio, control, ev);
+                    let r = cpu::run_vcpu(fd, id, pio, mmio, control, ev);
                     if let VcpuExitReason::Error(m) = &r {
                         sink.send(Internal::VmmError(m.clone()));
                     }
                     r
                 })
                 .map_err(io_err("spawn vCPU thread"))?;
-            self.vcpus.push(VcpuHandle { thread, tid });
+            self.vcpus.push(VcpuHandle { id, thread, tid });
         }
         Ok(())
+    }
+
+    fn vcpu_handle(&self, id: u8) -> Option<&VcpuHandle> {
+        self.vcpus.iter().find(|v| v.id == id)
+    }
+
+    /// The vCPUs the guest has now (present in the CPU hot-plug controller; without hot-plug,
+    /// every vCPU), ascending.
+    fn present_vcpus(&self) -> Vec<u8> {
+        match &self.cpu_hotplug {
+            Some(c) => c.lock().unwrap_or_else(|e| e.into_inner()).present_ids(),
+            None if self.vcpus.is_empty() => self.vcpu_fds.iter().map(|(id, _)| *id).collect(),
+            None => self.vcpus.iter().map(|v| v.id).collect(),
+        }
+    }
+
+    fn kick(&self, id: u8) {
+        if let Some(v) = self.vcpu_handle(id) {
+            if !v.thread.is_finished() {
+                // SAFETY: pthread_kill on a live thread of this process with our kick signal,
+                // whose handler is installed.
+                unsafe { libc::pthread_kill(v.thread.as_pthread_t(), self.control.kick_signal) };
+            }
+        }
+    }
+
+    /// `xl vcpu-set`: makes vCPUs `0..count` present and asks the guest to eject the others.
+    /// Adding creates the vCPU (or releases its parked thread) and announces it (ACPI device
+    /// check); removing completes when the guest ejects the CPU.
+    fn set_vcpus(&mut self, count: u32) -> Result<serde_json::Value, String> {
+        let max = u32::from(self.max_vcpus);
+        let Some(ctl) = self.cpu_hotplug.clone() else {
+            return Err(format!(
+                "this domain cannot change its vCPUs: it was started without vCPU hot-plug \
+                 (maxvcpus = vcpus = {max})"
+            ));
+        };
+        if count == 0 {
+            return Err("a domain needs at least one vCPU".into());
+        }
+        if count > max {
+            return Err(format!(
+                "Requested {count} VCPUs, however maxcpus is {max}!"
+            ));
+        }
+        let lock = |c: &Arc<Mutex<CpuHotplugController>>| {
+            c.lock().unwrap_or_else(|e| e.into_inner()).state()
+        };
+        for id in 0..self.max_vcpus {
+            let st = lock(&ctl);
+            let (present, removing) = (
+                st.present.contains(usize::from(id)),
+                st.removing.contains(usize::from(id)),
+            );
+            if u32::from(id) < count {
+                if present && !removing {
+                    continue;
+                }
+                if !present {
+                    self.bring_up_vcpu(id)?;
+                }
+                ctl.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .plug(usize::from(id));
+                tracing::info!("vcpu{id}: added");
+            } else if present && !removing {
+                ctl.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .request_eject(usize::from(id));
+                tracing::info!("vcpu{id}: eject requested");
+            }
+        }
+        self.cfg.vcpus = count as u8;
+        Ok(serde_json::json!({"vcpus": count, "present": self.present_vcpus()}))
+    }
+
+    /// Makes vCPU `id` runnable: releases its parked thread, or creates the vCPU.
+    fn bring_up_vcpu(&mut self, id: u8) -> Result<(), String> {
+        if self.vcpu_handle(id).is_some() {
+            self.control.set_offline(id, false);
+            return Ok(());
+        }
+        if self.vcpu_fds.iter().any(|(i, _)| *i == id) {
+            // Created, not started yet: it starts with the others.
+            self.control.set_offline(id, false);
+            return Ok(());
+        }
+        let fd = self
+            ._vm_fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| format!("vcpu{id}: KVM_CREATE_VCPU failed: {e}"))?;
+        cpu::configure_vcpu(&fd, id, self.max_vcpus, &self.cpuid, &self.boot_info)
+            .map_err(|e| format!("vcpu{id}: {e}"))?;
+        if self.vcpus.is_empty() {
+            self.vcpu_fds.push((id, fd));
+            return Ok(());
+        }
+        self.spawn_vcpu(id, fd)
+            .map_err(|e| format!("vcpu{id}: {e}"))
+    }
+
+    /// The guest ejected vCPU `id`: park its thread.
+    fn cpu_ejected(&mut self, id: u8) {
+        self.control.set_offline(id, true);
+        self.kick(id);
+        tracing::info!("vcpu{id}: ejected by the guest; its thread is parked");
     }
 
     fn kick_all(&self) {
@@ -780,7 +937,7 @@ impl Vm {
 
     /// `vcpuN: thread state, kernel wait channel` (for a vCPU that does not answer).
     fn vcpu_diagnosis(&self, i: usize) -> String {
-        let Some(v) = self.vcpus.get(i) else {
+        let Some(v) = self.vcpu_handle(i as u8) else {
             return format!("vcpu{i}: no thread");
         };
         if v.thread.is_finished() {
@@ -849,7 +1006,7 @@ impl Vm {
         }
         for i in ids {
             if let Some(h) = &hard {
-                if let Some(v) = self.vcpus.get(i) {
+                if let Some(v) = self.vcpu_handle(i as u8) {
                     let tid = v.tid.load(AtomicOrdering::SeqCst);
                     if tid > 0 && !v.thread.is_finished() {
                         crate::affinity::set(tid, h)
@@ -863,7 +1020,9 @@ impl Vm {
                 // Soft affinity is a placement: move the thread onto hard ∩ soft now, then
                 // allow it the whole hard mask again.
                 let (h, s) = &self.affinity[i];
-                if let (Some(p), Some(v)) = (crate::affinity::placement(h, s), self.vcpus.get(i)) {
+                if let (Some(p), Some(v)) =
+                    (crate::affinity::placement(h, s), self.vcpu_handle(i as u8))
+                {
                     let tid = v.tid.load(AtomicOrdering::SeqCst);
                     if tid > 0 && !v.thread.is_finished() {
                         let _ = crate::affinity::set(tid, &p);
@@ -892,18 +1051,30 @@ impl Vm {
     }
 
     fn info(&self) -> Info {
+        let removing = |id: u8| {
+            self.cpu_hotplug.as_ref().is_some_and(|c| {
+                c.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_removing(usize::from(id))
+            })
+        };
         let vcpus = self
-            .vcpus
-            .iter()
-            .enumerate()
-            .map(|(id, v)| {
-                let (hard, soft) = self.affinity.get(id).cloned().unwrap_or_default();
+            .present_vcpus()
+            .into_iter()
+            .map(|id| {
+                let (hard, soft) = self
+                    .affinity
+                    .get(usize::from(id))
+                    .cloned()
+                    .unwrap_or_default();
+                let v = self.vcpu_handle(id);
                 VcpuInfo {
-                    id: id as u8,
-                    cpu_time_ns: thread_cpu_time(v.thread.as_pthread_t()),
-                    tid: v.tid.load(AtomicOrdering::SeqCst),
+                    id,
+                    cpu_time_ns: v.map_or(0, |v| thread_cpu_time(v.thread.as_pthread_t())),
+                    tid: v.map_or(0, |v| v.tid.load(AtomicOrdering::SeqCst)),
                     hard_affinity: hard,
                     soft_affinity: soft,
+                    ejecting: removing(id),
                 }
             })
             .collect();
@@ -917,6 +1088,7 @@ impl Vm {
             memory_mib: self.cfg.memory_mib,
             rss_kib: rss_kib(),
             vcpus,
+            max_vcpus: self.max_vcpus,
             serial: self.serial_info.clone(),
             console: self.console_info.clone(),
             balloon: self.balloon.as_ref().map(|b| {
@@ -1066,6 +1238,10 @@ impl Vm {
                                 self.ejected(server, slot);
                                 continue;
                             }
+                            if let Internal::CpuEjected(cpu) = m {
+                                self.cpu_ejected(cpu);
+                                continue;
+                            }
                             return Ok(match m {
                                 Internal::Guest(GuestEvent::PowerOff, r) => {
                                     (ExitCode::PowerOff, EventKind::PoweredOff, r)
@@ -1077,7 +1253,7 @@ impl Vm {
                                     (ExitCode::Crash, EventKind::Crashed, r)
                                 }
                                 Internal::VmmError(r) => (ExitCode::Error, EventKind::Error, r),
-                                Internal::Ejected(_) => continue,
+                                Internal::Ejected(_) | Internal::CpuEjected(_) => continue,
                             });
                         }
                     }
@@ -1210,7 +1386,7 @@ impl Vm {
                 server.reply(token, id, Ok(ok));
             }
             Command::Nmi { vcpu } => {
-                if usize::from(vcpu) >= self.vcpus.len() {
+                if !self.present_vcpus().contains(&vcpu) {
                     server.reply(token, id, Err(format!("no vCPU {vcpu}")));
                 } else {
                     self.control.request_nmi(vcpu);
@@ -1243,6 +1419,10 @@ impl Vm {
             Command::SetAffinity { vcpu, hard, soft } => {
                 let r = self.set_affinity(vcpu, hard, soft);
                 server.reply(token, id, r.map(|()| ok));
+            }
+            Command::SetVcpus { count } => {
+                let r = self.set_vcpus(count);
+                server.reply(token, id, r);
             }
             Command::SetBalloon { target_kib } => {
                 let r = self.set_balloon(target_kib);

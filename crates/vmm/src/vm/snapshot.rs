@@ -73,7 +73,8 @@ pub struct StreamMeta {
     pub vmm_version: String,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// Number of vCPUs.
+    /// Number of vCPUs the guest has (one vCPU record each; with CPU hot-plug their indices
+    /// need not be `0..vcpus`).
     pub vcpus: u8,
     /// Number of virtio devices.
     pub virtio_devices: usize,
@@ -142,6 +143,12 @@ pub struct MachineState {
     pub pci: Vec<PciSlotState>,
     /// virtio-pci transports, in device order.
     pub virtio: Vec<VirtioPciState>,
+    /// The GPE block (its enable bits are the guest's); absent in streams of older rxen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpe: Option<rxen_devices::pci::hotplug::GpeState>,
+    /// The CPU hot-plug controller, for a domain that can change its vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_hotplug: Option<rxen_devices::cpu_hotplug::CpuHotplugState>,
 }
 
 /// What a save wrote.
@@ -313,18 +320,19 @@ impl Vm {
 
     fn capture_vcpus(&self) -> Result<Vec<VcpuState>, SnapshotError> {
         let msr_list = Arc::new(msr_indices());
+        let present = self.present_vcpus();
         if !self.vcpu_fds.is_empty() {
             // Not started yet: capture directly.
             return self
                 .vcpu_fds
                 .iter()
-                .enumerate()
-                .map(|(i, v)| capture_vcpu(v, i as u8, &msr_list))
+                .filter(|(id, _)| present.contains(id))
+                .map(|(id, v)| capture_vcpu(v, *id, &msr_list))
                 .collect();
         }
         let (tx, rx) = mpsc::channel();
-        let n = self.vcpus.len();
-        for id in 0..n as u8 {
+        let n = present.len();
+        for &id in &present {
             let tx = tx.clone();
             let list = msr_list.clone();
             self.control.post_task(
@@ -340,13 +348,15 @@ impl Vm {
         while got < n {
             match rx.recv_timeout(std::time::Duration::from_secs(2)) {
                 Ok((id, r)) => {
-                    out[usize::from(id)] = Some(r?);
-                    got += 1;
+                    if let Some(pos) = present.iter().position(|p| *p == id) {
+                        out[pos] = Some(r?);
+                        got += 1;
+                    }
                 }
                 Err(_) => {
                     let missing: Vec<String> = (0..n)
                         .filter(|&i| out[i].is_none())
-                        .map(|i| self.vcpu_diagnosis(i))
+                        .map(|i| self.vcpu_diagnosis(usize::from(present[i])))
                         .collect();
                     if Instant::now() > deadline {
                         return Err(SnapshotError::Invalid(format!(
@@ -398,6 +408,8 @@ impl Vm {
             pci_address: u32::from_le_bytes(addr),
             pci,
             virtio: self.virtio.iter().map(|d| lock(d).snapshot()).collect(),
+            gpe: Some(lock(&self.gpe).snapshot()),
+            cpu_hotplug: self.cpu_hotplug.as_ref().map(|c| lock(c).snapshot()),
         })
     }
 
@@ -443,7 +455,7 @@ impl Vm {
         StreamMeta {
             vmm_version: env!("CARGO_PKG_VERSION").into(),
             memory_mib: self.cfg.memory_mib,
-            vcpus: self.cfg.vcpus,
+            vcpus: self.present_vcpus().len() as u8,
             virtio_devices: self.virtio.len(),
         }
     }
@@ -523,15 +535,20 @@ impl Vm {
 
     /// Restores the domain from a stream (or an xl save file), before the vCPUs start.
     pub fn restore(&mut self, r: impl Read) -> Result<(), SnapshotError> {
-        if self.vcpu_fds.len() != usize::from(self.cfg.vcpus) {
+        if !self.vcpus.is_empty() {
             return Err(SnapshotError::Invalid(
                 "restore must happen before the domain runs".into(),
             ));
         }
         let mut s = StreamReader::new(r)?;
         let meta: StreamMeta = unjson("info", s.meta())?;
+        // With CPU hot-plug the saved domain may have had any number of its possible vCPUs.
+        let vcpus_fit = match self.cpu_hotplug {
+            Some(_) => meta.vcpus >= 1 && meta.vcpus <= self.max_vcpus,
+            None => meta.vcpus == self.cfg.vcpus,
+        };
         if meta.memory_mib != self.cfg.memory_mib
-            || meta.vcpus != self.cfg.vcpus
+            || !vcpus_fit
             || meta.virtio_devices != self.virtio.len()
         {
             return Err(SnapshotError::Invalid(format!(
@@ -567,18 +584,20 @@ impl Vm {
         }
         let machine = machine
             .ok_or_else(|| SnapshotError::Invalid("the stream has no machine state".into()))?;
-        if vcpus.len() != self.vcpu_fds.len()
-            || vcpus
-                .iter()
-                .enumerate()
-                .any(|(i, v)| usize::from(v.id) != i)
-        {
+        // One record per present vCPU, ascending, CPU 0 first, all below the maximum.
+        let ids_ok = vcpus.first().is_some_and(|v| v.id == 0)
+            && vcpus.windows(2).all(|w| w[0].id < w[1].id)
+            && vcpus.iter().all(|v| v.id < self.max_vcpus);
+        if vcpus.len() != usize::from(meta.vcpus) || !ids_ok {
             return Err(SnapshotError::Invalid(format!(
-                "the stream has {} vCPU records for {} vCPUs",
+                "the stream has {} vCPU records ({:?}) for {} vCPUs (at most {})",
                 vcpus.len(),
-                self.vcpu_fds.len()
+                vcpus.iter().map(|v| v.id).collect::<Vec<_>>(),
+                meta.vcpus,
+                self.max_vcpus
             )));
         }
+        self.match_vcpus(&vcpus)?;
         self.apply_machine(&machine, &vcpus)?;
         // The sender released the image locks before it sent its final state.
         rxen_block::lock::resume_all().map_err(|e| SnapshotError::Invalid(e.to_string()))
@@ -594,7 +613,13 @@ impl Vm {
         for c in [&m.pic_master, &m.pic_slave, &m.ioapic] {
             vm.set_irqchip(c).map_err(kerr("KVM_SET_IRQCHIP"))?;
         }
-        for (fd, st) in self.vcpu_fds.iter().zip(vcpus) {
+        for st in vcpus {
+            let fd = self
+                .vcpu_fds
+                .iter()
+                .find(|(id, _)| *id == st.id)
+                .map(|(_, fd)| fd)
+                .ok_or_else(|| SnapshotError::Invalid(format!("no vCPU {}", st.id)))?;
             apply_vcpu(fd, st)?;
         }
         let clock = kvm_clock_data {
@@ -606,6 +631,31 @@ impl Vm {
         lock(&self.serial).restore(m.serial.clone()).map_err(inv)?;
         lock(&self.cmos).restore(m.cmos.clone()).map_err(inv)?;
         lock(&self.acpi_pm).restore(m.acpi_pm).map_err(inv)?;
+        if let Some(g) = m.gpe {
+            lock(&self.gpe).restore(g).map_err(inv)?;
+        }
+        if let Some(c) = &self.cpu_hotplug {
+            let mut c = lock(c);
+            match m.cpu_hotplug {
+                Some(st) => c.restore(st).map_err(inv)?,
+                None => {
+                    // A stream of a domain without hot-plug: its vCPUs are the records.
+                    let mut st = rxen_devices::cpu_hotplug::CpuHotplugState::default();
+                    for v in vcpus {
+                        st.present.set(usize::from(v.id), true);
+                    }
+                    c.restore(st).map_err(inv)?;
+                }
+            }
+            // The records are the vCPUs the guest has; the controller must agree.
+            let present = c.present_ids();
+            if present != vcpus.iter().map(|v| v.id).collect::<Vec<_>>() {
+                return Err(SnapshotError::Invalid(format!(
+                    "the CPU hot-plug state lists vCPUs {present:?}, the stream has records for {:?}",
+                    vcpus.iter().map(|v| v.id).collect::<Vec<_>>()
+                )));
+            }
+        }
         for p in &m.pci {
             if p.regs.len() != 64 || pci_read(&self.pio, p.slot, 0) != p.regs[0] {
                 return Err(SnapshotError::Invalid(format!(
@@ -623,6 +673,30 @@ impl Vm {
         }
         for (d, st) in self.virtio.iter().zip(&m.virtio) {
             lock(d).restore(st.clone()).map_err(inv)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the vCPUs of the saved domain this VM lacks and parks the ones it has beyond them
+    /// (created at build time from `vcpus`; KVM cannot destroy them).
+    fn match_vcpus(&mut self, saved: &[VcpuState]) -> Result<(), SnapshotError> {
+        for v in saved {
+            if !self.vcpu_fds.iter().any(|(id, _)| *id == v.id) {
+                let fd = self
+                    ._vm_fd
+                    .create_vcpu(u64::from(v.id))
+                    .map_err(kerr(format!("vcpu{}: KVM_CREATE_VCPU", v.id)))?;
+                self.vcpu_fds.push((v.id, fd));
+            }
+        }
+        self.vcpu_fds.sort_by_key(|(id, _)| *id);
+        for (id, _) in &self.vcpu_fds {
+            self.control
+                .set_offline(*id, !saved.iter().any(|v| v.id == *id));
+        }
+        let n = saved.len() as u8;
+        if self.cpu_hotplug.is_some() {
+            self.cfg.vcpus = n;
         }
         Ok(())
     }
