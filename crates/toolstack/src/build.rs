@@ -306,7 +306,9 @@ pub fn build_job(
     vm.memory_mib = target_kib.div_ceil(1024);
     vm.maxmem_mib = (max_kib > target_kib).then(|| max_kib.div_ceil(1024));
     vm.vcpus = vcpus;
-    vm.max_vcpus = (max_vcpus > vcpus).then_some(max_vcpus);
+    // Any domain with more than one possible vCPU can change its vCPUs at run time (`xl
+    // vcpu-set`, ACPI CPU hot-plug), as in Xen.
+    vm.max_vcpus = (max_vcpus > 1).then_some(max_vcpus);
     vm.serial = ConsoleConfig {
         mode: ConsoleMode::Pty,
         log: None,

@@ -247,9 +247,16 @@ pub fn vcpu_list(paths: &Paths, xs: &Client, filter: &[String]) -> Result<Vec<Vc
             .ls(&format!("{}/cpu", dom_path(rec.domid)))
             .map(|v| v.len())
             .unwrap_or(0);
-        let n_online = info.as_ref().map_or(0, |i| i.vcpus.len());
-        for i in 0..max.max(n_online) {
-            let v = info.as_ref().and_then(|inf| inf.vcpus.get(i));
+        // The VMM lists the vCPUs the guest has (by index); the others up to maxvcpus are
+        // offline.
+        let top = info.as_ref().map_or(0, |i| {
+            let last = i.vcpus.iter().map(|v| usize::from(v.id) + 1).max();
+            last.unwrap_or(0).max(usize::from(i.max_vcpus))
+        });
+        for i in 0..max.max(top) {
+            let v = info
+                .as_ref()
+                .and_then(|inf| inf.vcpus.iter().find(|v| usize::from(v.id) == i));
             let Some(v) = v else {
                 rows.push(VcpuRow {
                     name: rec.name.clone(),
@@ -282,6 +289,48 @@ pub fn vcpu_list(paths: &Paths, xs: &Client, filter: &[String]) -> Result<Vec<Vc
         }
     }
     Ok(rows)
+}
+
+/// `xl vcpu-set`: libxl's `libxl_set_vcpuonline` for vCPUs `0..count`. Asks the VMM to add or
+/// remove vCPUs (ACPI CPU hot-plug: an added vCPU is announced to the guest, a removed one is
+/// ejected by the guest when it has offlined it), writes `cpu/<n>/availability` and records the
+/// new count in the stored configuration (`avail_vcpus`), so a reboot or save keeps it.
+pub fn vcpu_set(paths: &Paths, xs: &Client, dom: &str, count: u32) -> Result<()> {
+    let rec = registry::resolve(xs, dom)?;
+    if rec.domid == 0 {
+        return Err(Error::Other(
+            "Domain-0 is the host: bring its CPUs online or offline in \
+             /sys/devices/system/cpu/cpuN/online"
+                .into(),
+        ));
+    }
+    let mut live = crate::hotplug::Live::open(paths, xs, dom)?;
+    let domid = rec.domid;
+    let max = u32::try_from(live.cfg.b_info.max_vcpus.max(1)).unwrap_or(1);
+    if count > max {
+        return Err(Error::Other(format!(
+            "Domain {domid}:Requested {count} VCPUs, however maxcpus is {max}!"
+        )));
+    }
+    if count == 0 {
+        return Err(Error::Other(format!(
+            "Domain {domid}:Requested 0 VCPUs: a domain needs at least one"
+        )));
+    }
+    let mut api = live.api(paths)?;
+    api.request(ApiCmd::SetVcpus { count })
+        .map_err(|source| Error::Vmm { domid, source })?;
+    let d = dom_path(domid);
+    xs.with_transaction(|t| {
+        for c in 0..max {
+            let a = if c < count { "online" } else { "offline" };
+            t.write(&format!("{d}/cpu/{c}/availability"), a)?;
+        }
+        Ok(())
+    })?;
+    live.cfg.b_info.avail_vcpus = (0..count).collect();
+    live.job.vm.vcpus = count as u8;
+    live.save(paths)
 }
 
 /// `xl vcpu-pin`: sets the hard and/or soft affinity of one vCPU (`None` = all).

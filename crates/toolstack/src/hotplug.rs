@@ -148,12 +148,12 @@ impl DomainLock {
     }
 }
 
-/// A running domain and its stored configuration.
-struct Live {
-    rec: DomainRecord,
+/// A running domain and its stored configuration (also used by `xl vcpu-set`).
+pub(crate) struct Live {
+    pub(crate) rec: DomainRecord,
     userdata: PathBuf,
-    cfg: DomainConfig,
-    job: DomainJob,
+    pub(crate) cfg: DomainConfig,
+    pub(crate) job: DomainJob,
     _lock: DomainLock,
 }
 
@@ -182,7 +182,7 @@ fn load_job(paths: &Paths, domid: u32) -> Result<DomainJob> {
 }
 
 impl Live {
-    fn open(paths: &Paths, xs: &Client, dom: &str) -> Result<Live> {
+    pub(crate) fn open(paths: &Paths, xs: &Client, dom: &str) -> Result<Live> {
         let rec = registry::resolve(xs, dom)?;
         if rec.domid == 0 {
             return Err(Error::Other(
@@ -208,7 +208,7 @@ impl Live {
         })
     }
 
-    fn api(&self, paths: &Paths) -> Result<ApiClient> {
+    pub(crate) fn api(&self, paths: &Paths) -> Result<ApiClient> {
         let domid = self.rec.domid;
         let sock = paths.domain_run_dir(domid).join("vmm.sock");
         let mut c = ApiClient::connect(&sock).map_err(|source| Error::Vmm { domid, source })?;
@@ -217,7 +217,7 @@ impl Live {
         Ok(c)
     }
 
-    fn save(&self, paths: &Paths) -> Result<()> {
+    pub(crate) fn save(&self, paths: &Paths) -> Result<()> {
         write_atomic(&self.userdata, self.cfg.to_libxl_json().as_bytes())?;
         let job = serde_json::to_vec_pretty(&self.job).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&job_path(paths, self.rec.domid), &job)

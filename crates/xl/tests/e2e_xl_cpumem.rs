@@ -338,3 +338,124 @@ fn e2e_cpumem_affinity_sched_balloon() {
         !cgdir.exists()
     });
 }
+
+/// `xl list`'s VCPUs column of `name`.
+fn list_vcpus(host: &Host, name: &str) -> String {
+    host.list_row(name)
+        .and_then(|r| r.split_whitespace().nth(3).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The guest's online CPUs (`/sys/devices/system/cpu/online`).
+fn guest_online(con: &mut Guest) -> String {
+    con.check("cat /sys/devices/system/cpu/online")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e)"]
+fn e2e_cpumem_vcpu_hotplug() {
+    require_linux_kvm().unwrap();
+    let assets = Assets::get().unwrap();
+    let host = Host::start();
+
+    step("create with vcpus=1, maxvcpus=2");
+    let cfg = host.write_cfg("cpuhp", "", &assets);
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("vcpus = 2\n", "vcpus = 1\nmaxvcpus = 2\n");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let mut con = Guest::spawn(console_command(&host, &cfg), "xl create -c").unwrap();
+    con.wait_ready(Duration::from_secs(300)).unwrap();
+    let row = host.list_row("cpuhp").expect("cpuhp listed");
+    let domid = row.split_whitespace().nth(1).unwrap().to_string();
+    // The second CPU is possible (MADT: online-capable) but not present.
+    assert_eq!(guest_online(&mut con), "0");
+    assert_eq!(
+        con.check("cat /sys/devices/system/cpu/possible")
+            .unwrap()
+            .trim(),
+        "0-1"
+    );
+    assert_eq!(list_vcpus(&host, "cpuhp"), "1");
+    let rows = vcpu_rows(&host, "cpuhp");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((rows[1].1.as_str(), rows[1].2.as_str()), ("-", "--p"));
+
+    step("xl vcpu-set above maxvcpus is refused, naming the limit");
+    let o = host.xl(&["vcpu-set", "cpuhp", "3"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Requested 3 VCPUs, however maxcpus is 2!"),
+        "{}",
+        text(&o)
+    );
+
+    for round in 0..2 {
+        step(&format!("xl vcpu-set cpuhp 2 (round {round})"));
+        host.xl_ok(&["vcpu-set", "cpuhp", "2"]);
+        assert_eq!(
+            xs_read(&host, &format!("/local/domain/{domid}/cpu/1/availability")),
+            "online"
+        );
+        // The guest gets an ACPI device check and adds CPU 1; without udev, userspace onlines it.
+        wait_until(
+            "CPU 1 appears in the guest",
+            Duration::from_secs(120),
+            || {
+                con.check("test -e /sys/devices/system/cpu/cpu1/online && echo yes || echo no")
+                    .unwrap()
+                    .trim()
+                    == "yes"
+            },
+        );
+        con.check(
+            "[ \"$(cat /sys/devices/system/cpu/cpu1/online)\" = 1 ] || \
+             echo 1 > /sys/devices/system/cpu/cpu1/online",
+        )
+        .unwrap();
+        wait_until(
+            "2 CPUs online in the guest",
+            Duration::from_secs(120),
+            || guest_online(&mut con) == "0-1",
+        );
+        assert_eq!(con.check("nproc").unwrap().trim(), "2");
+        let rows = vcpu_rows(&host, "cpuhp");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|r| r.2 != "--p"), "{rows:?}");
+        assert_eq!(list_vcpus(&host, "cpuhp"), "2");
+
+        step(&format!("xl vcpu-set cpuhp 1 (round {round})"));
+        host.xl_ok(&["vcpu-set", "cpuhp", "1"]);
+        assert_eq!(
+            xs_read(&host, &format!("/local/domain/{domid}/cpu/1/availability")),
+            "offline"
+        );
+        // The guest gets an eject request, offlines CPU 1 and calls _EJ0.
+        wait_until(
+            "1 CPU online in the guest",
+            Duration::from_secs(120),
+            || guest_online(&mut con) == "0",
+        );
+        wait_until(
+            "xl vcpu-list shows vCPU 1 offline",
+            Duration::from_secs(120),
+            || {
+                let rows = vcpu_rows(&host, "cpuhp");
+                rows.len() == 2 && rows[0].2 != "--p" && rows[1].2 == "--p"
+            },
+        );
+        assert_eq!(list_vcpus(&host, "cpuhp"), "1");
+        assert_eq!(con.check("nproc").unwrap().trim(), "1");
+    }
+    let log = con
+        .check("dmesg | grep -i -E 'cpu ?1|hotplug|eject' | tail -n 20")
+        .unwrap();
+    eprintln!("e2e_cpumem_vcpu_hotplug: guest kernel log:\n{log}");
+    assert_eq!(con.check("echo still-alive").unwrap(), "still-alive\n");
+
+    host.xl_ok(&["destroy", "cpuhp"]);
+    drop(con);
+}

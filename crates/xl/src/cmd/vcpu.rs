@@ -1,4 +1,4 @@
-//! vCPU commands: `vcpu-pin`, `vcpu-list`.
+//! vCPU commands: `vcpu-pin`, `vcpu-list`, `vcpu-set`.
 
 use crate::cmdtable::Handler;
 
@@ -121,6 +121,76 @@ pub fn main_vcpupin(g: &Globals, argv: &[String]) -> i32 {
     0
 }
 
+/// `xl vcpu-set [-i|--ignore-host] <Domain> <vCPUs>`: sets the number of online vCPUs of a
+/// running domain (ACPI CPU hot-plug in the guest).
+pub fn main_vcpuset(_g: &Globals, argv: &[String]) -> i32 {
+    let (opts, operands) = match getopt(argv, &[], &[]) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {e}");
+            crate::cmdtable::help(Some("vcpu-set"));
+            return 2;
+        }
+    };
+    let mut check_host = true;
+    for (o, _) in &opts {
+        match o.as_str() {
+            "-i" | "--ignore-host" => check_host = false,
+            _ => {
+                crate::cmdtable::help(Some("vcpu-set"));
+                return 2;
+            }
+        }
+    }
+    let mut ops = vec![argv[0].clone()];
+    ops.extend(operands);
+    if let Some(code) = require_args("vcpu-set", &ops, 1, 2) {
+        return code;
+    }
+    // xl: strtoul(nr_vcpus, &endptr, 10); no digits or more than INT_MAX is invalid.
+    let n = rxen_config::cnum::strtoul(ops[2].as_bytes(), 10);
+    if n.end == 0 || n.overflow || n.value > i32::MAX as u64 {
+        eprintln!("Error: Invalid argument.");
+        return 1;
+    }
+    let count = n.value as u32;
+    let paths = Paths::from_env();
+    let xs = match rxen_toolstack::connect_xenstore(&paths) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("xl: {}", chain(&e));
+            return 1;
+        }
+    };
+    let rec = match rxen_toolstack::registry::resolve(&xs, &ops[1]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xl: {}", chain(&e));
+            return 1;
+        }
+    };
+    if check_host {
+        let host_cpus = host_info().max_cpus;
+        if count > rec.vcpus_online && count > host_cpus {
+            eprintln!(
+                "You are overcommmitting! You have {host_cpus} physical CPUs and want {count} \
+                 vCPUs! Aborting, use --ignore-host to  continue"
+            );
+            return 1;
+        }
+    }
+    match rxen_toolstack::cpumem::vcpu_set(&paths, &xs, &rec.domid.to_string(), count) {
+        Ok(()) => 0,
+        Err(e) => super::block::libxl_fail(
+            &e,
+            &format!(
+                "libxl_set_vcpuonline failed domid={} max_vcpus={count}, rc: -3",
+                rec.domid
+            ),
+        ),
+    }
+}
+
 /// Connects to this host's services and runs `f`; prints the error chain on failure.
 pub(crate) fn with_host(f: impl FnOnce(&Paths, &Client) -> rxen_toolstack::Result<()>) -> i32 {
     let paths = Paths::from_env();
@@ -209,6 +279,7 @@ pub fn handler(name: &str) -> Option<Handler> {
     Some(match name {
         "vcpu-list" => main_vcpulist,
         "vcpu-pin" => main_vcpupin,
+        "vcpu-set" => main_vcpuset,
         _ => return None,
     })
 }
