@@ -635,7 +635,7 @@ pub fn connect(target: &str, tls_dir: &Path, insecure: bool, flags: &[String]) -
     if insecure {
         let mut sock = sock;
         sock.write_all(request.as_bytes()).map_err(err)?;
-        return relay_plain(sock, std::io::stdin(), std::io::stdout());
+        return relay_plain(sock, std_fd(0)?, std_fd(1)?);
     }
     let name = ServerName::try_from(host.clone()).map_err(|e| err(format!("{host}: {e}")))?;
     let mut conn = rustls::ClientConnection::new(client_config(tls_dir)?, name).map_err(err)?;
@@ -647,7 +647,23 @@ pub fn connect(target: &str, tls_dir: &Path, insecure: bool, flags: &[String]) -
     }
     sock.set_read_timeout(None).ok();
     conn.writer().write_all(request.as_bytes()).map_err(err)?;
-    relay_tls(conn.into(), sock, std::io::stdin(), std::io::stdout())
+    relay_tls(conn.into(), sock, std_fd(0)?, std_fd(1)?)
+}
+
+/// An unbuffered handle on standard input or output (`fd` 0 or 1): `std::io::stdout()` is
+/// line-buffered and would hold back a handshake message that does not end with a newline.
+fn std_fd(fd: std::os::fd::RawFd) -> Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup has no memory-safety preconditions; it returns a new descriptor or -1.
+    let d = unsafe { libc::dup(fd) };
+    if d < 0 {
+        return Err(err(format!(
+            "duplicating descriptor {fd}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `d` is a descriptor we just created and nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(d) })
 }
 
 /// `rxen relocation-certs`: a CA, a server certificate for `hosts` and a client certificate,

@@ -167,6 +167,71 @@ fn authenticated_client_reaches_the_receiver_both_ways() {
     assert!(marker.exists());
 }
 
+/// The migration handshake's shape: the client keeps its input open after the stream, waits
+/// for the receiver's reply, answers it, and waits again; every message (NUL-terminated like
+/// xl's, no newline) must cross the relay while the other direction stays open and idle. The
+/// receiver reads slowly, as a restoring VMM reads its FIFO.
+#[test]
+fn a_dialogue_crosses_the_relay_while_both_directions_stay_open() {
+    let d = Dir::new("dialogue");
+    let tls = d.0.join("tls");
+    certs(&tls, "localhost");
+    const MIB: usize = 64;
+    const STREAM: usize = MIB << 20;
+    let srv = Server::start(&[
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--receiver",
+        &format!(
+            "sh -c 'i=0; while [ $i -lt {MIB} ]; do \
+             dd bs=1048576 count=1 iflag=fullblock of=/dev/null 2>/dev/null; sleep 0.01; \
+             i=$((i+1)); done; printf \"READY\\000\"; \
+             dd bs=3 count=1 iflag=fullblock 2>/dev/null; printf \"BYE\\000\"; sleep 1'"
+        ),
+    ]);
+    let mut c = Command::new(RXEN)
+        .arg("relocation-connect")
+        .args(["--tls-dir", tls.to_str().unwrap()])
+        .arg(format!("localhost:{}", srv.port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = c.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut out = c.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut expect = |want: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < want.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(_) => panic!("waited for {want:?}, got {got:?}"),
+            }
+        }
+        assert_eq!(got.drain(..want.len()).as_slice(), want);
+    };
+    to.write_all(&vec![7u8; STREAM]).unwrap();
+    to.flush().unwrap();
+    expect(b"READY\0");
+    to.write_all(b"GO!").unwrap();
+    to.flush().unwrap();
+    expect(b"GO!BYE\0");
+    drop(to);
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn clients_without_a_valid_certificate_never_start_the_receiver() {
     let d = Dir::new("cert");

@@ -935,6 +935,11 @@ impl Vm {
         }
     }
 
+    /// Whether vCPU `id` had a thread that has ended (its run loop returned).
+    fn vcpu_thread_ended(&self, id: u8) -> bool {
+        self.vcpu_handle(id).is_some_and(|v| v.thread.is_finished())
+    }
+
     /// `vcpuN: thread state, kernel wait channel` (for a vCPU that does not answer).
     fn vcpu_diagnosis(&self, i: usize) -> String {
         let Some(v) = self.vcpu_handle(i as u8) else {

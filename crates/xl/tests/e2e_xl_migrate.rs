@@ -54,6 +54,97 @@ impl Drop for DelLink {
     }
 }
 
+/// Host B's relocation server, running inside its own network namespace joined to the test's
+/// namespace by a veth pair (10.97.0.1 here, 10.97.0.2 there), with certificates minted for
+/// 10.97.0.2 and `hosts-allow` naming host A's address. Everything is removed on drop.
+struct Relocation {
+    ns: String,
+    veth: String,
+    server: Option<std::process::Child>,
+    address: String,
+}
+
+impl Relocation {
+    fn start(a: &Host, b: &Host) -> Relocation {
+        let pid = std::process::id();
+        let ip = |args: &[&str]| {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", text(&o));
+        };
+        let mut r = Relocation {
+            ns: format!("rxmigns{pid}"),
+            veth: format!("rxmv{pid}a"),
+            server: None,
+            address: "10.97.0.2:8002".into(),
+        };
+        let peer = format!("rxmv{pid}b");
+        ip(&["netns", "add", &r.ns]);
+        ip(&[
+            "link", "add", &r.veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &r.ns]);
+        ip(&["addr", "add", "10.97.0.1/24", "dev", &r.veth]);
+        ip(&["link", "set", &r.veth, "up"]);
+        for args in [
+            vec!["addr", "add", "10.97.0.2/24", "dev", &peer],
+            vec!["link", "set", &peer, "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut full = vec!["netns", "exec", &r.ns, "ip"];
+            full.extend(args);
+            ip(&full);
+        }
+        let tls_a = a.root.join("etc/xen/relocation");
+        let o = a
+            .command("rxen", &["relocation-certs", "10.97.0.2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let tls_b = b.root.join("etc/xen/relocation");
+        std::fs::create_dir_all(&tls_b).unwrap();
+        for f in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
+            std::fs::copy(tls_a.join(f), tls_b.join(f)).unwrap();
+        }
+        let mut server = std::process::Command::new("ip")
+            .args(["netns", "exec", &r.ns, "env"])
+            .arg(format!("RXEN_ROOT={}", b.root.display()))
+            .arg(b.bin.join("rxen"))
+            .args(["relocation-server", "--address", "10.97.0.2"])
+            .args(["--hosts-allow", "^10\\.97\\.0\\.1$"])
+            .env_remove("XENSTORED_PATH")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        r.server = Some(server);
+        assert!(line.contains("listening on 10.97.0.2:8002"), "{line:?}");
+        r
+    }
+}
+
+impl Drop for Relocation {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+    }
+}
+
 fn counter(con: &mut Guest) -> u64 {
     con.check("cat /tmp/counter")
         .unwrap()
@@ -354,8 +445,11 @@ fn e2e_migrate_live_between_two_hosts() {
     assert!(counter(&mut con) > c, "source stopped counting");
     assert!(b.list_row("live").is_none() && b.list_row("live--incoming").is_none());
 
-    step("xl migrate to host B");
-    let o = a.xl(&["migrate", "-s", "", "live", &xl_b]);
+    step("xl migrate to host B: its relocation server (mutual TLS) in a network namespace");
+    let _ = &xl_b;
+    let reloc = Relocation::start(&a, &b);
+    let target = format!("tls://{}", reloc.address);
+    let o = a.xl(&["migrate", "live", &target]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     eprintln!("e2e_migrate: xl migrate output:\n{err}");
     assert!(o.status.success(), "xl migrate: {}", text(&o));

@@ -354,6 +354,16 @@ impl Vm {
                     }
                 }
                 Err(_) => {
+                    // A vCPU whose thread ended (the guest reset or crashed it) never answers:
+                    // fail now so the domain's own event is handled.
+                    if let Some(&id) = present.iter().enumerate().find_map(|(i, id)| {
+                        (out[i].is_none() && self.vcpu_thread_ended(*id)).then_some(id)
+                    }) {
+                        return Err(SnapshotError::Invalid(format!(
+                            "vcpu{id} stopped running (the guest ended the domain) before it \
+                             reported its state"
+                        )));
+                    }
                     let missing: Vec<String> = (0..n)
                         .filter(|&i| out[i].is_none())
                         .map(|i| self.vcpu_diagnosis(usize::from(present[i])))
