@@ -134,3 +134,102 @@ fn fuzz_corpus_replays_without_panic() {
     }
     assert!(n > 0, "empty corpus in {dir:?}");
 }
+
+/// One token of a CPU list and what it does to the bitmap (the model).
+#[derive(Debug, Clone)]
+enum CpuTok {
+    Cpus { not: bool, a: u64, b: u64 },
+    Nodes { not: bool, a: u64, b: u64 },
+    All,
+}
+
+impl CpuTok {
+    fn text(&self) -> String {
+        let range = |a: u64, b: u64| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        };
+        match self {
+            CpuTok::Cpus { not, a, b } => {
+                format!("{}{}", if *not { "^" } else { "" }, range(*a, *b))
+            }
+            CpuTok::Nodes { not, a, b } => {
+                format!("{}nodes:{}", if *not { "^" } else { "" }, range(*a, *b))
+            }
+            CpuTok::All => "all".into(),
+        }
+    }
+}
+
+fn cpu_tok() -> impl Strategy<Value = CpuTok> {
+    prop_oneof![
+        4 => (any::<bool>(), 0u64..80, 0u64..20)
+            .prop_map(|(not, a, d)| CpuTok::Cpus { not, a, b: a + d }),
+        2 => (any::<bool>(), 0u64..2, 0u64..2)
+            .prop_map(|(not, a, d)| CpuTok::Nodes { not, a, b: (a + d).min(1) }),
+        1 => Just(CpuTok::All),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// `cpus=` / `xl vcpu-pin` lists against a model: tokens apply left to right, `^` clears,
+    /// `nodes:` expands to the node's CPUs, bits beyond the host-sized bitmap are ignored; the
+    /// result is the set bits, ascending.
+    #[test]
+    fn cpu_lists_match_the_model(
+        max_cpus in 1u32..64,
+        toks in proptest::collection::vec(cpu_tok(), 1..8),
+    ) {
+        use rxen_config::cpumap::{parse_cpurange, HostInfo};
+        let half = max_cpus.div_ceil(2);
+        let host = HostInfo::new(
+            max_cpus,
+            vec![(0..half).collect(), (half..max_cpus).collect()],
+        );
+        let nbits = host.cpu_bitmap_bits() as u64;
+        let mut model = vec![false; nbits as usize];
+        for t in &toks {
+            match *t {
+                CpuTok::All => model.iter_mut().for_each(|b| *b = true),
+                CpuTok::Cpus { not, a, b } => {
+                    for i in a..=b.min(nbits.saturating_sub(1)) {
+                        model[i as usize] = !not;
+                    }
+                }
+                CpuTok::Nodes { not, a, b } => {
+                    for n in a..=b {
+                        for &c in &host.node_cpus[n as usize] {
+                            model[c as usize] = !not;
+                        }
+                    }
+                }
+            }
+        }
+        let want: Vec<u32> = (0..nbits as u32).filter(|&i| model[i as usize]).collect();
+        let text = toks.iter().map(CpuTok::text).collect::<Vec<_>>().join(",");
+        let mut diag = vec![];
+        let got = parse_cpurange(&text, &host, &mut diag);
+        prop_assert_eq!(got, Ok(want), "{} {:?}", text, diag);
+    }
+
+    /// A descending range, junk after a number, or `^all` is refused with xl's message.
+    #[test]
+    fn bad_cpu_lists_are_refused(a in 1u64..100, junk in "[a-z+]{1,3}") {
+        use rxen_config::cpumap::{parse_cpurange, HostInfo};
+        let host = HostInfo::new(8, vec![(0..8).collect()]);
+        for (text, msg) in [
+            (format!("{a}-{}", a - 1), format!("Invalid pcpu range: {a}-{}.", a - 1)),
+            (format!("{a}{junk}"), format!("Invalid pcpu range: {a}{junk}.")),
+            ("0,^all".to_string(), "Can't combine \"^\" and \"all\".".to_string()),
+        ] {
+            let mut diag = vec![];
+            prop_assert!(parse_cpurange(&text, &host, &mut diag).is_err(), "{}", text);
+            prop_assert_eq!(diag, vec![msg]);
+        }
+    }
+}

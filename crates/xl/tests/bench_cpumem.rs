@@ -1,8 +1,10 @@
-//! Benchmark (not a pass/fail test): does the credit → cgroup v2 mapping share a CPU like Xen?
-//! Two busy guests pinned to the same host CPU with `cpu_weight` 512 and 256 should get CPU time
-//! in a 2:1 ratio; a busy guest with `cap=50` should get about half a CPU. Timing in the nested,
-//! TCG-emulated test host is noisy, so the figures are printed (and recorded in
-//! docs/cpu-memory.md), never asserted. Run: `scripts/e2e bench_cpumem`.
+//! Does the credit → cgroup v2 mapping share a CPU like Xen? Two busy guests pinned to the same
+//! host CPU with `cpu_weight` 512 and 256 get CPU time in a 2:1 ratio; a busy guest with
+//! `cap=50` gets about half a CPU. The shares are the kernel scheduler's accounting of the vCPU
+//! threads (not a speed), so `e2e_cpumem_weights_and_cap_share_a_cpu` asserts them with the
+//! issue's tolerance (ratio 2 ± 15 %, cap 0.5 ± 0.1 CPU); `bench_cpumem_weight_and_cap` prints
+//! the same figures for docs/cpu-memory.md. Run: `scripts/e2e cpumem_weights`,
+//! `scripts/e2e bench_cpumem`.
 
 mod common;
 
@@ -61,9 +63,16 @@ fn busy(con: &mut Guest) {
     );
 }
 
-#[test]
-#[ignore = "benchmark: needs a KVM that boots Linux (run via scripts/e2e bench_cpumem)"]
-fn bench_cpumem_weight_and_cap() {
+/// CPU shares measured over 10 s each: (weight-512 guest, weight-256 guest, capped guest,
+/// the same guest uncapped), in seconds of CPU per second.
+struct Shares {
+    heavy: f64,
+    light: f64,
+    capped: f64,
+    uncapped: f64,
+}
+
+fn measure_shares() -> Shares {
     require_linux_kvm().unwrap();
     let assets = Assets::get().unwrap();
     let host = Host::start();
@@ -87,11 +96,7 @@ fn bench_cpumem_weight_and_cap() {
     let (h0, l0, t0) = (vcpu0_secs(ph), vcpu0_secs(pl), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
     let (h1, l1, el) = (vcpu0_secs(ph), vcpu0_secs(pl), t0.elapsed().as_secs_f64());
-    let (dh, dl) = (h1 - h0, l1 - l0);
-    println!(
-        "bench_cpumem: weight 512 vs 256 on one CPU over {el:.1}s: {dh:.2}s vs {dl:.2}s of CPU, ratio {:.2} (Xen: 2.00)",
-        dh / dl.max(0.01)
-    );
+    let (heavy, light) = ((h1 - h0) / el, (l1 - l0) / el);
 
     step("cap=50 alone on CPU 1");
     host.xl_ok(&["destroy", "light"]);
@@ -99,18 +104,53 @@ fn bench_cpumem_weight_and_cap() {
     std::thread::sleep(Duration::from_secs(2));
     let (c0, t0) = (vcpu0_secs(ph), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
-    let (c1, el) = (vcpu0_secs(ph), t0.elapsed().as_secs_f64());
-    println!(
-        "bench_cpumem: cap=50 over {el:.1}s: {:.2} of a CPU (Xen: 0.50)",
-        (c1 - c0) / el
-    );
+    let capped = (vcpu0_secs(ph) - c0) / t0.elapsed().as_secs_f64();
+    step("cap removed (the peer in the same run)");
     host.xl_ok(&["sched-credit", "-d", "heavy", "-c", "0"]);
     std::thread::sleep(Duration::from_secs(2));
     let (c0, t0) = (vcpu0_secs(ph), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
-    let (c1, el) = (vcpu0_secs(ph), t0.elapsed().as_secs_f64());
-    println!(
-        "bench_cpumem: no cap (peer in the same run) over {el:.1}s: {:.2} of a CPU",
-        (c1 - c0) / el
+    let uncapped = (vcpu0_secs(ph) - c0) / t0.elapsed().as_secs_f64();
+    drop(cons);
+    Shares {
+        heavy,
+        light,
+        capped,
+        uncapped,
+    }
+}
+
+fn report(s: &Shares) -> String {
+    format!(
+        "weight 512 vs 256 on one CPU: {:.2} vs {:.2} of a CPU, ratio {:.2} (Xen: 2.00); \
+         cap=50: {:.2} of a CPU (Xen: 0.50); no cap: {:.2} of a CPU",
+        s.heavy,
+        s.light,
+        s.heavy / s.light.max(0.001),
+        s.capped,
+        s.uncapped
+    )
+}
+
+#[test]
+#[ignore = "e2e: needs a KVM that boots Linux (run via scripts/e2e cpumem_weights)"]
+fn e2e_cpumem_weights_and_cap_share_a_cpu() {
+    let s = measure_shares();
+    let r = report(&s);
+    eprintln!("e2e_cpumem: {r}");
+    let ratio = s.heavy / s.light.max(0.001);
+    assert!((1.7..=2.3).contains(&ratio), "weights: {r}");
+    // Both guests together use the CPU they share.
+    assert!(s.heavy + s.light > 0.8, "the pinned CPU was not used: {r}");
+    assert!((0.4..=0.6).contains(&s.capped), "cap: {r}");
+    assert!(
+        s.uncapped > 0.8,
+        "without a cap the guest takes the CPU: {r}"
     );
+}
+
+#[test]
+#[ignore = "benchmark: needs a KVM that boots Linux (run via scripts/e2e bench_cpumem)"]
+fn bench_cpumem_weight_and_cap() {
+    println!("bench_cpumem: {}", report(&measure_shares()));
 }
