@@ -102,6 +102,9 @@ pub fn sched_settings(cfg: &DomainConfig) -> SchedSettings {
     }
 }
 
+/// One disk's request counters, as the VMM reports them (`xl top`'s VBD columns).
+pub use rxen_vmm::api::DiskStatsInfo as DiskStats;
+
 /// A connection to domain `domid`'s VMM control socket.
 pub fn api(paths: &Paths, domid: u32) -> Result<ApiClient> {
     let sock: PathBuf = paths.domain_run_dir(domid).join("vmm.sock");

@@ -411,15 +411,21 @@ pub fn set_state(xs: &impl XsOps, domid: u32, st: DomState) -> Result<()> {
     Ok(())
 }
 
+/// Whether a domain other than `domid` is named `name`.
+fn name_taken(t: &impl XsOps, domid: u32, name: &str) -> XsResult<bool> {
+    for id in domids(t)? {
+        if id != domid && read_opt(t, &format!("{}/name", dom_path(id)))?.as_deref() == Some(name) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Rename a domain (`xl rename`), refusing a name in use.
 pub fn rename(xs: &Client, domid: u32, new: &str) -> Result<()> {
     let r = xs.with_transaction(|t| {
-        for id in domids(t)? {
-            if id != domid
-                && read_opt(t, &format!("{}/name", dom_path(id)))?.as_deref() == Some(new)
-            {
-                return Ok(Err(Error::NameInUse(new.to_string())));
-            }
+        if name_taken(t, domid, new)? {
+            return Ok(Err(Error::NameInUse(new.to_string())));
         }
         let d = dom_path(domid);
         let Some(vm) = read_opt(t, &format!("{d}/vm"))? else {
@@ -427,6 +433,32 @@ pub fn rename(xs: &Client, domid: u32, new: &str) -> Result<()> {
         };
         t.write(&format!("{d}/name"), new)?;
         t.write(&format!("{vm}/name"), new)?;
+        Ok(Ok(()))
+    })?;
+    r
+}
+
+/// libxl_domain_preserve: give a dead domain a new name and a new uuid (its `/vm/<uuid>` node
+/// moves), so that a new domain can be created with the old name and uuid (`rename-restart`).
+pub fn preserve(xs: &Client, domid: u32, new_name: &str, new_uuid: &str) -> Result<()> {
+    let r = xs.with_transaction(|t| {
+        if name_taken(t, domid, new_name)? {
+            return Ok(Err(Error::NameInUse(new_name.to_string())));
+        }
+        let d = dom_path(domid);
+        let Some(vm) = read_opt(t, &format!("{d}/vm"))? else {
+            return Ok(Err(Error::NoSuchDomain(domid.to_string())));
+        };
+        let new_vm = format!("/vm/{new_uuid}");
+        let start = read_opt(t, &format!("{vm}/start_time"))?;
+        let _ = t.rm(&vm);
+        t.write(&format!("{new_vm}/uuid"), new_uuid)?;
+        t.write(&format!("{new_vm}/name"), new_name)?;
+        if let Some(st) = start {
+            t.write(&format!("{new_vm}/start_time"), &st)?;
+        }
+        t.write(&format!("{d}/vm"), &new_vm)?;
+        t.write(&format!("{d}/name"), new_name)?;
         Ok(Ok(()))
     })?;
     r

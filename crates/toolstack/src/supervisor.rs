@@ -159,7 +159,20 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
             }
         ));
         match action {
-            "restart" | "rename-restart" | "coredump-restart" | "soft-reset" => {
+            "rename-restart" => {
+                // Xen: the dead domain is preserved under a new name and uuid, and a new domain
+                // (new domid) starts with the configuration, the name and the uuid.
+                registry::set_state(&xs, domid, DomState::Shutdown(reason))?;
+                match rename_restart(paths, &xs, domid) {
+                    Ok(new) => log(&format!("domain {domid}: restarted as domain {new}")),
+                    Err(e) => log(&format!(
+                        "domain {domid}: rename-restart failed, the old domain stays: {e}"
+                    )),
+                }
+                wait_for_destroy(paths, domid, &destroy);
+                break Ok(());
+            }
+            "restart" | "coredump-restart" | "soft-reset" => {
                 if action == "coredump-restart" {
                     log("core dumps of a dead VMM are not available in rxen; restarting without one");
                 }
@@ -192,6 +205,60 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
     cleanup(paths, &xs, domid);
     log(&format!("domain {domid}: released"));
     outcome
+}
+
+/// xl's `-%Y%m%dT%H%MZ` suffix of a preserved domain, in UTC.
+fn preserve_suffix(unix: i64) -> String {
+    // SAFETY: an all-zero `tm` is a valid value; gmtime_r fills it from a valid time_t pointer.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let t: libc::time_t = unix as libc::time_t;
+    // SAFETY: both pointers are valid for the duration of the call.
+    unsafe { libc::gmtime_r(&t, &mut tm) };
+    format!(
+        "-{:04}{:02}{:02}T{:02}{:02}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}
+
+/// `on_reboot = "rename-restart"` (xl's `preserve_domain` then a new create): renames the
+/// rebooted domain to `<name>-<time>` with a new uuid and creates a new domain from its
+/// stored configuration. Returns the new domid.
+fn rename_restart(paths: &Paths, xs: &Client, domid: u32) -> Result<u32> {
+    let rec =
+        registry::read_domain(xs, domid)?.ok_or_else(|| Error::NoSuchDomain(domid.to_string()))?;
+    let userdata = |uuid: &str| {
+        paths
+            .lib
+            .join(format!("userdata-d.{domid}.{uuid}.libxl-json"))
+    };
+    let stored = userdata(&rec.uuid);
+    let text = std::fs::read_to_string(&stored)
+        .map_err(io_err(format!("reading {}", stored.display())))?;
+    let cfg = rxen_config::model::DomainConfig::from_libxl_json(&text)
+        .map_err(|e| Error::Other(format!("{}: {e}", stored.display())))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let suffix = preserve_suffix(now);
+    log(&format!(
+        "Preserving domain {domid} {} with suffix{suffix}",
+        rec.name
+    ));
+    let new_uuid = rxen_config::domain::generate_uuid();
+    registry::preserve(xs, domid, &format!("{}{suffix}", rec.name), &new_uuid)?;
+    let _ = std::fs::rename(&stored, userdata(&new_uuid));
+    crate::ops::create_from(
+        paths,
+        xs,
+        &cfg,
+        &crate::ops::CreateOpts { paused: false },
+        None,
+    )
 }
 
 /// Run pygrub on the domain's disk (sandboxed) and point the VMM at what it extracted.
@@ -473,4 +540,14 @@ pub fn cleanup(paths: &Paths, xs: &Client, domid: u32) {
     }
     let _ = std::fs::remove_dir_all(paths.domain_run_dir(domid));
     crate::sched::remove(paths, domid);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn preserve_suffix_is_xls_format() {
+        // 2026-12-06 12:34:56 UTC
+        assert_eq!(super::preserve_suffix(1_796_560_496), "-20261206T1234Z");
+        assert_eq!(super::preserve_suffix(0), "-19700101T0000Z");
+    }
 }

@@ -308,6 +308,26 @@ pub struct Info {
     /// The balloon, when the domain has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonInfo>,
+    /// Request counters of the domain's disks (`xl top`'s VBD columns).
+    #[serde(default)]
+    pub disks: Vec<DiskStatsInfo>,
+}
+
+/// One disk's request counters (blkback's `statistics/`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatsInfo {
+    /// The disk's vdev (`xvda`), or `#N` for disk N without one.
+    pub name: String,
+    /// Read requests completed.
+    pub rd_req: u64,
+    /// Write requests completed.
+    pub wr_req: u64,
+    /// Sectors read.
+    pub rd_sect: u64,
+    /// Sectors written.
+    pub wr_sect: u64,
+    /// Requests that had to wait for a backend slot (always 0 with virtio).
+    pub oo_req: u64,
 }
 
 /// Errors of the API client.

@@ -1107,6 +1107,17 @@ impl Vm {
                     driver_active: b.driver_active(),
                 }
             }),
+            disks: rxen_devices::virtio::block::disk_stats()
+                .into_iter()
+                .map(|(name, st)| crate::api::DiskStatsInfo {
+                    name,
+                    rd_req: st.rd_req,
+                    wr_req: st.wr_req,
+                    rd_sect: st.rd_sect,
+                    wr_sect: st.wr_sect,
+                    oo_req: st.oo_req,
+                })
+                .collect(),
         }
     }
 

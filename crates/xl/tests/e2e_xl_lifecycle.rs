@@ -1,8 +1,9 @@
 //! End-to-end: the seeds' xl workflows on real Linux guests, on an isolated rxen host
 //! (`$RXEN_ROOT`): `rxen host start`, `xl create -c`, detach with `^]`, `xl console` back,
 //! `xl list`/`vm-list` output, pause/unpause, `on_reboot=restart` keeping domid/name/uuid,
-//! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, duplicate names refused, and a VMM killed
-//! with SIGKILL handled per `on_crash`.
+//! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, `on_reboot=rename-restart` (old domain
+//! preserved as `NAME-<time>`, new domain with the name and uuid), duplicate names refused, and a
+//! VMM killed with SIGKILL handled per `on_crash`.
 
 mod common;
 
@@ -146,6 +147,64 @@ fn e2e_xl_lifecycle_workflows() {
     });
     host.xl_ok(&["shutdown", "-w", "demo2"]);
     assert!(host.list_row("demo2").is_none());
+
+    step("on_reboot = rename-restart");
+    // Xen: the rebooted domain is preserved as `<name>-<time>` (shut down, new uuid) and a new
+    // domain with a new domid, the old name and the old uuid starts.
+    let cfg_rr = host.write_cfg("demorr", "on_reboot = \"rename-restart\"", &assets);
+    let mut con = Guest::spawn(
+        host.command("xl", &["create", "-c", cfg_rr.to_str().unwrap()]),
+        "xl create -c",
+    )
+    .unwrap();
+    con.wait_ready(Duration::from_secs(300)).unwrap();
+    let old_row = host.list_row("demorr").unwrap();
+    let old_id = old_row.split_whitespace().nth(1).unwrap().to_string();
+    let uuid_of = |name: &str| -> String {
+        host.xl_ok(&["vm-list"])
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let old_uuid = uuid_of("demorr");
+    assert!(!old_uuid.is_empty(), "{}", host.xl_ok(&["vm-list"]));
+    con.send("reboot -f").unwrap();
+    let _ = con.wait_exit(Duration::from_secs(60));
+    drop(con);
+    let preserved = || {
+        host.xl_ok(&["list"])
+            .lines()
+            .find(|l| l.starts_with("demorr-"))
+            .map(str::to_string)
+    };
+    wait_until("the new demorr runs", Duration::from_secs(300), || {
+        preserved().is_some()
+            && host
+                .list_row("demorr")
+                .is_some_and(|r| r.split_whitespace().nth(1) != Some(old_id.as_str()))
+    });
+    let p = preserved().unwrap();
+    let pf: Vec<&str> = p.split_whitespace().collect();
+    assert_eq!(pf[1], old_id, "the preserved domain keeps its domid: {p}");
+    // Shut down, reason reboot (xl list: s, then r in the reason column).
+    assert_eq!(state_of(&p), "---sr-", "{p}");
+    // -YYYYMMDDTHHMMZ
+    let suffix = pf[0].strip_prefix("demorr-").unwrap();
+    assert!(
+        suffix.len() == 14 && suffix.ends_with('Z') && suffix.as_bytes()[8] == b'T',
+        "{p}"
+    );
+    assert_eq!(
+        uuid_of("demorr"),
+        old_uuid,
+        "the new domain has the old uuid"
+    );
+    let pu = uuid_of(pf[0]);
+    assert!(!pu.is_empty() && pu != old_uuid, "preserved uuid {pu:?}");
+    host.xl_ok(&["destroy", pf[0]]);
+    host.xl_ok(&["destroy", "demorr"]);
+    assert!(preserved().is_none() && host.list_row("demorr").is_none());
 
     step("kill -9 of the VMM");
     // A VMM killed with SIGKILL is a crash; default on_crash=destroy frees the domain.

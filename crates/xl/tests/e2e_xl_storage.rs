@@ -155,6 +155,28 @@ fn e2e_storage_qcow2_phy_cdrom_and_fsync_kill_9() {
     assert_eq!(g.check("cat /sys/block/vdb/size").unwrap().trim(), "32768");
     let vdb_md5 = guest_write(&mut g, "/dev/vdb", 64, "b");
 
+    step("xl top: the VBD counters follow the guest's I/O");
+    let top = host.xl_ok(&["top", "-b", "-i", "1"]);
+    let row = top
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("stor"))
+        .unwrap_or_else(|| panic!("no stor row: {top}"));
+    let f: Vec<u64> = row
+        .split_whitespace()
+        .rev()
+        .take(7)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // From the end: SSID, VBD_WSECT, VBD_RSECT, VBD_WR, VBD_RD, VBD_OO, VBDS.
+    let (wsect, rsect, wr, rd, oo, vbds) = (f[1], f[2], f[3], f[4], f[5], f[6]);
+    // vda and vdb (the CD-ROM drive has no device/vbd node).
+    assert!(vbds >= 2, "{row}");
+    assert_eq!(oo, 0, "{row}");
+    assert!(rd > 0 && wr > 0, "{row}");
+    // The guest read 32 MiB of vda (65536 sectors) and wrote 1 MiB to each of vda and vdb.
+    assert!(rsect >= 65536, "{row}");
+    assert!(wsect >= 2 * 2048, "{row}");
+
     step("cdrom: empty, insert, eject");
     assert_eq!(g.check("cat /sys/block/vdc/size").unwrap().trim(), "0");
     assert_eq!(g.check("cat /sys/block/vdc/ro").unwrap().trim(), "1");

@@ -80,6 +80,73 @@ struct Media {
     /// Size of the current medium, readable without waiting for an in-flight request.
     size: AtomicU64,
     interrupt: Mutex<Option<Arc<dyn VirtioInterrupt>>>,
+    /// Request counters (what Xen's blkback publishes and xentop shows).
+    stats: Counters,
+}
+
+/// Completed requests and sectors, counted like blkback's `statistics/` (`rd_req`, `wr_req`,
+/// `rd_sect`, `wr_sect`; `oo_req` stays 0: a virtqueue never makes a request wait for a
+/// backend slot).
+#[derive(Default)]
+struct Counters {
+    rd_req: AtomicU64,
+    wr_req: AtomicU64,
+    rd_sect: AtomicU64,
+    wr_sect: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one completed read (`write` false) or write of `bytes`.
+    fn done(&self, write: bool, bytes: u64) {
+        let (req, sect) = if write {
+            (&self.wr_req, &self.wr_sect)
+        } else {
+            (&self.rd_req, &self.rd_sect)
+        };
+        req.fetch_add(1, Ordering::Relaxed);
+        sect.fetch_add(bytes / SECTOR, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one disk's request counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Read requests completed successfully.
+    pub rd_req: u64,
+    /// Write requests completed successfully.
+    pub wr_req: u64,
+    /// 512-byte sectors read.
+    pub rd_sect: u64,
+    /// 512-byte sectors written.
+    pub wr_sect: u64,
+    /// Requests that waited for a free backend slot (always 0, see above).
+    pub oo_req: u64,
+}
+
+/// Every disk of this process (one VMM = one domain) by name: its vdev, or `#N` for disk
+/// index N without one.
+static ALL: Mutex<Vec<(String, std::sync::Weak<Media>)>> = Mutex::new(Vec::new());
+
+/// The request counters of this process's live disks, in creation order.
+pub fn disk_stats() -> Vec<(String, BlockStats)> {
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(_, w)| w.strong_count() > 0);
+    all.iter()
+        .filter_map(|(n, w)| {
+            let m = w.upgrade()?;
+            let c = &m.stats;
+            Some((
+                n.clone(),
+                BlockStats {
+                    rd_req: c.rd_req.load(Ordering::Relaxed),
+                    wr_req: c.wr_req.load(Ordering::Relaxed),
+                    rd_sect: c.rd_sect.load(Ordering::Relaxed),
+                    wr_sect: c.wr_sect.load(Ordering::Relaxed),
+                    oo_req: 0,
+                },
+            ))
+        })
+        .collect()
 }
 
 impl Media {
@@ -186,8 +253,13 @@ impl Block {
             cfg.serial.clone()
         };
         let blk = Self::with_backend(backend, read_only, cfg.removable, &serial, index);
+        let name = cfg.spec.clone().unwrap_or_else(|| format!("#{index}"));
+        {
+            let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|(_, w)| w.strong_count() > 0);
+            all.push((name.clone(), Arc::downgrade(&blk.media)));
+        }
         if cfg.removable {
-            let name = cfg.spec.clone().unwrap_or_else(|| format!("#{index}"));
             let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
             r.retain(|(_, w)| w.strong_count() > 0);
             r.push((name, Arc::downgrade(&blk.media)));
@@ -222,6 +294,7 @@ impl Block {
                 size: AtomicU64::new(size),
                 inner: Mutex::new(MediaInner { backend }),
                 interrupt: Mutex::new(None),
+                stats: Counters::default(),
             }),
             read_only,
             removable,
@@ -477,6 +550,7 @@ impl BlockWorker {
                         match b.read(off, &bufs) {
                             Ok(()) => {
                                 written = len;
+                                media.stats.done(false, len);
                                 S_OK
                             }
                             Err(e) => {
@@ -495,7 +569,10 @@ impl BlockWorker {
                     Some(off) if len <= MAX_DATA => {
                         let bufs = self.iobufs(&readable)?;
                         match b.write(off, &bufs) {
-                            Ok(()) => S_OK,
+                            Ok(()) => {
+                                media.stats.done(true, len);
+                                S_OK
+                            }
                             Err(e) => {
                                 tracing::debug!("virtio-blk: write at {off} (+{len}): {e}");
                                 S_IOERR

@@ -48,6 +48,16 @@ pub struct TopRow {
     pub net_rx_kib: u64,
     /// Virtual block devices.
     pub vbds: u32,
+    /// VBD requests that waited for a backend slot (summed over the domain's disks).
+    pub vbd_oo: u64,
+    /// VBD read requests.
+    pub vbd_rd: u64,
+    /// VBD write requests.
+    pub vbd_wr: u64,
+    /// VBD sectors read.
+    pub vbd_rsect: u64,
+    /// VBD sectors written.
+    pub vbd_wsect: u64,
 }
 
 /// xentop's column header.
@@ -81,11 +91,11 @@ pub fn row(r: &TopRow) -> String {
         r.net_tx_kib,
         r.net_rx_kib,
         r.vbds,
-        0,
-        0,
-        0,
-        0,
-        0,
+        r.vbd_oo,
+        r.vbd_rd,
+        r.vbd_wr,
+        r.vbd_rsect,
+        r.vbd_wsect,
         0
     )
 }
@@ -169,7 +179,12 @@ pub fn sample(
             .ls(&format!("/local/domain/{}/device/vbd", rec.domid))
             .map(|v| v.len() as u32)
             .unwrap_or(0);
-        let _ = paths;
+        // Request counters come from the VMM (blkback's statistics/ in Xen).
+        let disks = rxen_toolstack::cpumem::vmm_info(paths, rec)
+            .map(|i| i.disks)
+            .unwrap_or_default();
+        let sum =
+            |f: fn(&rxen_toolstack::cpumem::DiskStats) -> u64| disks.iter().map(f).sum::<u64>();
         out.push(TopRow {
             name: rec.name.clone(),
             domid: rec.domid,
@@ -185,6 +200,11 @@ pub fn sample(
             net_tx_kib: tx / 1024,
             net_rx_kib: rx / 1024,
             vbds,
+            vbd_oo: sum(|d| d.oo_req),
+            vbd_rd: sum(|d| d.rd_req),
+            vbd_wr: sum(|d| d.wr_req),
+            vbd_rsect: sum(|d| d.rd_sect),
+            vbd_wsect: sum(|d| d.wr_sect),
         });
     }
     Ok(out)
@@ -427,11 +447,15 @@ mod tests {
             net_tx_kib: 3,
             net_rx_kib: 4,
             vbds: 1,
+            vbd_rd: 12,
+            vbd_wr: 3,
+            vbd_rsect: 96,
+            vbd_wsect: 24,
             ..Default::default()
         };
         assert_eq!(
             row(&g),
-            "     guest --b---          2   50.0     262144    1.0     393216       1.5     2    1        3        4    1        0        0        0          0          0    0"
+            "     guest --b---          2   50.0     262144    1.0     393216       1.5     2    1        3        4    1        0       12        3         96         24    0"
         );
         let mut rows = vec![g.clone(), d0.clone()];
         sort_rows(&mut rows, 0, false);
