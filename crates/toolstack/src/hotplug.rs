@@ -157,12 +157,6 @@ pub(crate) struct Live {
     _lock: DomainLock,
 }
 
-fn userdata_path(paths: &Paths, domid: u32, uuid: &str) -> PathBuf {
-    paths
-        .lib
-        .join(format!("userdata-d.{domid}.{uuid}.libxl-json"))
-}
-
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp-hotplug");
     let mut f =
@@ -193,7 +187,7 @@ impl Live {
             return Err(Error::Other(format!("domain {} is not running", rec.domid)));
         }
         let lock = DomainLock::take(paths, rec.domid)?;
-        let userdata = userdata_path(paths, rec.domid, &rec.uuid);
+        let userdata = paths.userdata(rec.domid, &rec.uuid);
         let text = std::fs::read_to_string(&userdata)
             .map_err(io_err(format!("reading {}", userdata.display())))?;
         let cfg = DomainConfig::from_libxl_json(&text)
@@ -766,7 +760,7 @@ pub fn network_detach(paths: &Paths, xs: &Client, dom: &str, which: &str) -> Res
 /// supervisor once its VMM runs), so `block-list` / `network-list` show them like Xen.
 pub fn publish_boot_devices(paths: &Paths, xs: &Client, job: &DomainJob) -> Result<()> {
     let domid = job.domid;
-    let userdata = userdata_path(paths, domid, &job.uuid);
+    let userdata = paths.userdata(domid, &job.uuid);
     if let Ok(text) = std::fs::read_to_string(&userdata) {
         if let Ok(cfg) = DomainConfig::from_libxl_json(&text) {
             let disks = cfg.disks.iter().filter(|d| d.is_cdrom == 0);

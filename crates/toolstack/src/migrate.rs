@@ -70,9 +70,7 @@ pub struct SaveReport {
 /// The configuration the domain runs with, as Xen would embed it in a save file: the libxl JSON
 /// written at creation, with the MAC addresses rxen generated for NICs that had none.
 pub fn domain_config(paths: &Paths, rec: &DomainRecord) -> Result<DomainConfig> {
-    let p = paths
-        .lib
-        .join(format!("userdata-d.{}.{}.libxl-json", rec.domid, rec.uuid));
+    let p = paths.userdata(rec.domid, &rec.uuid);
     let text = std::fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
     let mut cfg = DomainConfig::from_libxl_json(&text)
         .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;

@@ -111,10 +111,7 @@ fn start_supervisor(
         serde_json::to_vec_pretty(&job).map_err(|e| Error::Other(e.to_string()))?,
     )
     .map_err(io_err(format!("writing {}", jp.display())))?;
-    let userdata = paths.lib.join(format!(
-        "userdata-d.{domid}.{}.libxl-json",
-        cfg.c_info.uuid.clone().unwrap_or_default()
-    ));
+    let userdata = paths.userdata(domid, cfg.c_info.uuid.as_deref().unwrap_or_default());
     std::fs::write(&userdata, cfg.to_libxl_json())
         .map_err(io_err(format!("writing {}", userdata.display())))?;
 

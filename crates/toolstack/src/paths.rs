@@ -42,6 +42,12 @@ impl Paths {
         self.etc_xen.join("auto")
     }
 
+    /// libxl's stored domain configuration (`userdata-d.<domid>.<uuid>.libxl-json`).
+    pub fn userdata(&self, domid: u32, uuid: &str) -> PathBuf {
+        self.lib
+            .join(format!("userdata-d.{domid}.{uuid}.libxl-json"))
+    }
+
     /// Runtime directory of one domain (job file, VMM control socket).
     pub fn domain_run_dir(&self, domid: u32) -> PathBuf {
         self.run.join(format!("rxen/dom{domid}"))

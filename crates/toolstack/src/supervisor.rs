@@ -230,16 +230,8 @@ fn preserve_suffix(unix: i64) -> String {
 fn rename_restart(paths: &Paths, xs: &Client, domid: u32) -> Result<u32> {
     let rec =
         registry::read_domain(xs, domid)?.ok_or_else(|| Error::NoSuchDomain(domid.to_string()))?;
-    let userdata = |uuid: &str| {
-        paths
-            .lib
-            .join(format!("userdata-d.{domid}.{uuid}.libxl-json"))
-    };
-    let stored = userdata(&rec.uuid);
-    let text = std::fs::read_to_string(&stored)
-        .map_err(io_err(format!("reading {}", stored.display())))?;
-    let cfg = rxen_config::model::DomainConfig::from_libxl_json(&text)
-        .map_err(|e| Error::Other(format!("{}: {e}", stored.display())))?;
+    // The configuration the domain ran with (NIC MACs rxen generated included).
+    let cfg = crate::migrate::domain_config(paths, &rec)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -251,7 +243,10 @@ fn rename_restart(paths: &Paths, xs: &Client, domid: u32) -> Result<u32> {
     ));
     let new_uuid = rxen_config::domain::generate_uuid();
     registry::preserve(xs, domid, &format!("{}{suffix}", rec.name), &new_uuid)?;
-    let _ = std::fs::rename(&stored, userdata(&new_uuid));
+    let _ = std::fs::rename(
+        paths.userdata(domid, &rec.uuid),
+        paths.userdata(domid, &new_uuid),
+    );
     crate::ops::create_from(
         paths,
         xs,

@@ -116,16 +116,21 @@ fn receiver(marker: &Path) -> String {
     )
 }
 
-/// Runs `rxen relocation-connect` with `input` on stdin; returns (success, stdout, stderr).
-fn connect(args: &[&str], input: &[u8]) -> (bool, String, String) {
-    let mut c = Command::new(RXEN)
+/// `rxen relocation-connect ARGS` with piped stdin, stdout and stderr.
+fn spawn_connect(args: &[&str]) -> Child {
+    Command::new(RXEN)
         .arg("relocation-connect")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `rxen relocation-connect` with `input` on stdin; returns (success, stdout, stderr).
+fn connect(args: &[&str], input: &[u8]) -> (bool, String, String) {
+    let mut c = spawn_connect(args);
     // Written from a thread: the relay echoes while it reads.
     let mut stdin = c.stdin.take().unwrap();
     let input = input.to_vec();
@@ -189,15 +194,8 @@ fn a_dialogue_crosses_the_relay_while_both_directions_stay_open() {
              dd bs=3 count=1 iflag=fullblock 2>/dev/null; printf \"BYE\\000\"; sleep 1'"
         ),
     ]);
-    let mut c = Command::new(RXEN)
-        .arg("relocation-connect")
-        .args(["--tls-dir", tls.to_str().unwrap()])
-        .arg(format!("localhost:{}", srv.port))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let target = format!("localhost:{}", srv.port);
+    let mut c = spawn_connect(&["--tls-dir", tls.to_str().unwrap(), &target]);
     let mut to = c.stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let mut out = c.stdout.take().unwrap();

@@ -127,6 +127,13 @@ pub struct BlockStats {
 /// index N without one.
 static ALL: Mutex<Vec<(String, std::sync::Weak<Media>)>> = Mutex::new(Vec::new());
 
+/// Adds `media` to a per-process registry by `name`, dropping entries of disks that are gone.
+fn register(list: &Mutex<Vec<(String, std::sync::Weak<Media>)>>, name: &str, media: &Arc<Media>) {
+    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    l.retain(|(_, w)| w.strong_count() > 0);
+    l.push((name.to_string(), Arc::downgrade(media)));
+}
+
 /// The request counters of this process's live disks, in creation order.
 pub fn disk_stats() -> Vec<(String, BlockStats)> {
     let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
@@ -254,15 +261,9 @@ impl Block {
         };
         let blk = Self::with_backend(backend, read_only, cfg.removable, &serial, index);
         let name = cfg.spec.clone().unwrap_or_else(|| format!("#{index}"));
-        {
-            let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|(_, w)| w.strong_count() > 0);
-            all.push((name.clone(), Arc::downgrade(&blk.media)));
-        }
+        register(&ALL, &name, &blk.media);
         if cfg.removable {
-            let mut r = REMOVABLE.lock().unwrap_or_else(|e| e.into_inner());
-            r.retain(|(_, w)| w.strong_count() > 0);
-            r.push((name, Arc::downgrade(&blk.media)));
+            register(&REMOVABLE, &name, &blk.media);
         }
         Ok(blk)
     }
