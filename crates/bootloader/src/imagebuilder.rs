@@ -817,7 +817,9 @@ fn configure_guest(
     }
     write(root, "/etc/shadow", &(lines.join("\n") + "\n"), 0o640)?;
     // Boot menu for pygrub, and a hook that keeps it current on kernel upgrades.
-    let cmdline = format!("root={} ro console=hvc0", spec.root_dev());
+    // `net.ifnames=0`: a Xen guest's netfront NIC is `eth0`; on rxen the NIC is virtio-net on
+    // PCI, which udev would rename `enp0sN`, and `/etc/network/interfaces` names `eth0`.
+    let cmdline = format!("root={} ro console=hvc0 net.ifnames=0", spec.root_dev());
     write(
         root,
         "/boot/grub/grub.cfg",

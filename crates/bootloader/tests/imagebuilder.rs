@@ -157,7 +157,7 @@ fn builds_a_pygrub_bootable_raw_image() {
     assert!(ours.ok, "{}", ours.stderr);
     assert!(
         ours.stdout
-            .contains("args root=/dev/xvda2 ro console=hvc0\n"),
+            .contains("args root=/dev/xvda2 ro console=hvc0 net.ifnames=0\n"),
         "{}",
         ours.stdout
     );
@@ -255,7 +255,7 @@ fn builds_qcow2_and_static_network() {
     assert!(
         r.ok && r
             .stdout
-            .contains("(args 'root=/dev/xvda2 ro console=hvc0')"),
+            .contains("(args 'root=/dev/xvda2 ro console=hvc0 net.ifnames=0')"),
         "{r:?}"
     );
 }
@@ -409,7 +409,10 @@ fn kernel_hook_makes_the_new_kernel_default() {
         rebased(e.kernel.as_deref().unwrap()),
         "/boot/vmlinuz-6.1.0-28-cloud-amd64"
     );
-    assert_eq!(e.args.as_deref(), Some("root=/dev/xvda2 ro console=hvc0"));
+    assert_eq!(
+        e.args.as_deref(),
+        Some("root=/dev/xvda2 ro console=hvc0 net.ifnames=0")
+    );
     assert_eq!(m.entries.len(), 3);
     assert_eq!(
         rebased(m.entries[2].kernel.as_deref().unwrap()),
