@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{step, text, wait_until, Host};
+use common::{step, text, wait_until, DumpLogsOnPanic, Host, Undo};
 use rxen_testkit::{require_linux_kvm, Guest};
 
 /// Console sessions outlive `Host::command`'s 300 s limit (the kernel upgrade alone can take
@@ -25,44 +25,6 @@ const SESSION_LIMIT_SECS: &str = "2400";
 /// The guest's name and the prompt of its root shell.
 const NAME: &str = "rxdeb";
 const PROMPT: &str = "root@rxdeb:~# ";
-
-/// Host commands run on drop, in reverse order (the test's bridge), pass or fail.
-#[derive(Default)]
-struct Undo(Vec<String>);
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).output();
-        }
-    }
-}
-
-/// Prints the host's logs (supervisor, VMM, console, bootloader) when the test fails.
-struct DumpLogsOnPanic(PathBuf);
-
-impl Drop for DumpLogsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let mut stack = vec![self.0.join("var/log/xen")];
-        while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if let Ok(t) = std::fs::read_to_string(&p) {
-                    let skip = t.len().saturating_sub(6000);
-                    let skip = (skip..t.len())
-                        .find(|&i| t.is_char_boundary(i))
-                        .unwrap_or(0);
-                    eprintln!("===== {} =====\n{}", p.display(), &t[skip..]);
-                }
-            }
-        }
-    }
-}
 
 /// `xl ARGS` as a console process (stdin/stdout piped), bounded by [`SESSION_LIMIT_SECS`].
 fn console(host: &Host, args: &[&str], what: &str) -> Guest {
@@ -190,7 +152,7 @@ fn wip_debian_image_guest_logs_in_and_upgrades_its_kernel() {
 
     let br = format!("xim{}", std::process::id() % 10000);
     let mut undo = Undo::default();
-    undo.0.push(format!("ip link del {br}"));
+    undo.push(format!("ip link del {br}"));
     let host = Host::start();
     let _logs = DumpLogsOnPanic(host.root.clone());
 
@@ -238,18 +200,7 @@ fn wip_debian_image_guest_logs_in_and_upgrades_its_kernel() {
     let cfg_path = host.root.join("rxdeb.cfg");
     std::fs::write(&cfg_path, &cfg).unwrap();
 
-    let o = host.cmd(
-        "rxen",
-        &[
-            "host",
-            "network",
-            "bridge",
-            &br,
-            "--address",
-            "10.98.0.1/24",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    host.bridge(&br, "10.98.0.1/24");
 
     step("xl create -c: pygrub boots the guest's own kernel to a login prompt on hvc0");
     let mut con = console(

@@ -168,18 +168,7 @@ fn e2e_migrate_save_restore_keeps_the_guest_running() {
     // A bridge with the host on it, so a TCP connection can cross the save/restore.
     let br = format!("rxmig{}", std::process::id() % 10000);
     let _br = DelLink(br.clone());
-    let o = host.cmd(
-        "rxen",
-        &[
-            "host",
-            "network",
-            "bridge",
-            &br,
-            "--address",
-            "10.98.0.1/24",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    host.bridge(&br, "10.98.0.1/24");
     let cfg = host.write_cfg(
         "mig",
         &format!(

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{step, text, wait_until, Host};
+use common::{step, text, wait_until, DumpLogsOnPanic, Host, Undo};
 use rxen_testkit::{require_linux_kvm, Assets, Guest};
 
 /// Runs `sh -c script` on the host; panics with its output unless it succeeds.
@@ -36,51 +36,6 @@ fn sh_ok(script: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// Host commands run on drop (in reverse order): deletes namespaces, links and processes the
-/// test created, whether it passed or not.
-#[derive(Default)]
-struct Undo(Vec<String>);
-
-impl Undo {
-    fn push(&mut self, cmd: impl Into<String>) {
-        self.0.push(cmd.into());
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).output();
-        }
-    }
-}
-
-/// Prints the host's logs (supervisors, VMMs, toolstack) when the test fails.
-struct DumpLogsOnPanic(PathBuf);
-
-impl Drop for DumpLogsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let dir = self.0.join("var/log/xen");
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.path().is_file() {
-                let t = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let tail: String = t
-                    .chars()
-                    .rev()
-                    .take(4000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                eprintln!("===== {} =====\n{tail}", e.path().display());
-            }
-        }
-    }
 }
 
 /// A host process killed (and reaped) on drop.
@@ -224,18 +179,7 @@ fn e2e_net_bridged_two_guests_builtin_and_debian_vif_bridge() {
     let _logs = DumpLogsOnPanic(host.root.clone());
 
     step("rxen host network bridge");
-    let o = host.cmd(
-        "rxen",
-        &[
-            "host",
-            "network",
-            "bridge",
-            &br,
-            "--address",
-            "10.99.0.1/24",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    host.bridge(&br, "10.99.0.1/24");
 
     step("a vif that cannot come up fails xl create, like a failing hotplug script in Xen");
     let bad = write_cfg(&host, &assets, "badvif", "vif = [ 'bridge=nosuchbr0' ]");

@@ -65,6 +65,15 @@ impl Host {
             .map(str::to_string)
     }
 
+    /// `rxen host network bridge NAME --address CIDR`, which must succeed.
+    pub fn bridge(&self, name: &str, cidr: &str) {
+        let o = self.cmd(
+            "rxen",
+            &["host", "network", "bridge", name, "--address", cidr],
+        );
+        assert!(o.status.success(), "bridge {name}: {}", text(&o));
+    }
+
     pub fn console_log(&self, name: &str) -> PathBuf {
         self.root
             .join(format!("var/log/xen/console/guest-{name}.log"))
@@ -124,4 +133,49 @@ pub fn count_in(path: &Path, needle: &str) -> usize {
         .unwrap_or_default()
         .matches(needle)
         .count()
+}
+
+/// Host commands run on drop, in reverse order: deletes namespaces, links and processes the
+/// test created, whether it passed or not.
+#[derive(Default)]
+pub struct Undo(Vec<String>);
+
+impl Undo {
+    pub fn push(&mut self, cmd: impl Into<String>) {
+        self.0.push(cmd.into());
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new("sh").args(["-c", c]).output();
+        }
+    }
+}
+
+/// Prints the host's logs (supervisors, VMMs, consoles, toolstack) when the test fails.
+pub struct DumpLogsOnPanic(pub PathBuf);
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut stack = vec![self.0.join("var/log/xen")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(t) = std::fs::read_to_string(&p) {
+                    let skip = t.len().saturating_sub(6000);
+                    let skip = (skip..t.len())
+                        .find(|&i| t.is_char_boundary(i))
+                        .unwrap_or(0);
+                    eprintln!("===== {} =====\n{}", p.display(), &t[skip..]);
+                }
+            }
+        }
+    }
 }
