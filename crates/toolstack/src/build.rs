@@ -178,7 +178,7 @@ pub fn random_xen_mac() -> String {
 }
 
 /// Build the job for `cfg` as domain `domid`. `run_dir` holds the VMM's control socket;
-/// `console_log` receives a copy of the PV console output.
+/// `console_log` receives a copy of the PV console output (and names the serial port's log).
 pub fn build_job(
     cfg: &DomainConfig,
     domid: u32,
@@ -309,9 +309,16 @@ pub fn build_job(
     // Any domain with more than one possible vCPU can change its vCPUs at run time (`xl
     // vcpu-set`, ACPI CPU hot-plug), as in Xen.
     vm.max_vcpus = (max_vcpus > 1).then_some(max_vcpus);
+    // The emulated serial port (`xl console -t serial`) is logged next to the PV console's log,
+    // as `guest-<name>-serial.log`: a guest that prints its early boot on ttyS0 (or a kernel
+    // whose hvc0 driver is a module that never loads) leaves a trace there.
+    let serial_log = console_log.as_ref().map(|p| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("guest");
+        p.with_file_name(format!("{stem}-serial.log"))
+    });
     vm.serial = ConsoleConfig {
         mode: ConsoleMode::Pty,
-        log: None,
+        log: serial_log,
     };
     vm.console = ConsoleConfig {
         mode: ConsoleMode::Pty,
