@@ -1,11 +1,13 @@
 //! Host services (Xen's `xencommons` + `xendomains`): `rxen host start|stop|status`.
 //!
 //! `start` runs xenstored (detached, pid file, log under `/var/log/xen`), registers Domain-0 (the
-//! host) in xenstore and starts the configs in `/etc/xen/auto/`. `stop` shuts every domain down
-//! (waiting up to a timeout, then destroying) and stops xenstored.
+//! host) in xenstore, restores the domains a previous `stop` saved (`XENDOMAINS_SAVE` and
+//! `XENDOMAINS_RESTORE` in `/etc/default/xendomains`) and starts the configs in `/etc/xen/auto/`
+//! that are not running yet. `stop` saves every domain there when `XENDOMAINS_SAVE` is set, shuts
+//! the others down (waiting up to a timeout, then destroying) and stops xenstored.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,8 +131,9 @@ pub fn start(paths: &Paths, autostart: bool) -> Result<()> {
     }
     let xs = crate::connect_xenstore(paths)?;
     register_dom0(&xs)?;
+    let restored = restore_saved_domains(&Xendomains::load());
     if autostart {
-        autostart_domains(paths);
+        autostart_domains(paths, &restored);
     }
     Ok(())
 }
@@ -154,14 +157,22 @@ pub fn register_dom0(xs: &rxen_xenstore::Client) -> Result<()> {
     Ok(())
 }
 
-/// Start every config in `/etc/xen/auto/` (like xendomains), reporting failures.
-pub fn autostart_domains(paths: &Paths) {
+/// Start every config in `/etc/xen/auto/` (like xendomains), reporting failures. A domain whose
+/// name is among `running` (just restored) is not started again.
+pub fn autostart_domains(paths: &Paths, running: &[String]) {
     let Ok(rd) = std::fs::read_dir(paths.auto_dir()) else {
         return;
     };
     let mut cfgs: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     cfgs.sort();
     for cfg in cfgs {
+        if config_name(&cfg).is_some_and(|n| running.contains(&n)) {
+            eprintln!(
+                "rxen: {} is running (restored); not started again",
+                cfg.display()
+            );
+            continue;
+        }
         let xl = sibling_binary("xl");
         match Command::new(&xl).arg("create").arg("-q").arg(&cfg).status() {
             Ok(s) if s.success() => eprintln!("rxen: autostarted {}", cfg.display()),
@@ -171,13 +182,142 @@ pub fn autostart_domains(paths: &Paths) {
     }
 }
 
-/// `rxen host stop`: shut down (then destroy) all domains, stop xenstored.
+/// The settings of Xen's `xendomains` script that rxen honours, from `/etc/default/xendomains`
+/// (Debian) or `/etc/sysconfig/xendomains` (both under `$RXEN_ROOT`). Without either file
+/// domains are shut down at host stop and nothing is restored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Xendomains {
+    /// `XENDOMAINS_SAVE`: save running domains here at host stop (empty: shut them down).
+    pub save: Option<PathBuf>,
+    /// `XENDOMAINS_RESTORE` (default true): restore the saved domains at host start.
+    pub restore: bool,
+}
+
+impl Xendomains {
+    /// Parses the shell-variable file (`KEY=value`, `KEY="value"`, comments).
+    pub fn parse(text: &str) -> Xendomains {
+        let mut x = Xendomains {
+            save: None,
+            restore: true,
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = v.split(" #").next().unwrap_or("").trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            match k.trim() {
+                "XENDOMAINS_SAVE" => {
+                    x.save = (!v.is_empty()).then(|| rxen_xenstore::paths::rxen_path(v))
+                }
+                "XENDOMAINS_RESTORE" => x.restore = v == "true",
+                _ => {}
+            }
+        }
+        x
+    }
+
+    /// This host's settings.
+    pub fn load() -> Xendomains {
+        for f in ["/etc/default/xendomains", "/etc/sysconfig/xendomains"] {
+            if let Ok(t) = std::fs::read_to_string(rxen_xenstore::paths::rxen_path(f)) {
+                return Xendomains::parse(&t);
+            }
+        }
+        Xendomains {
+            save: None,
+            restore: true,
+        }
+    }
+}
+
+fn run_xl(args: &[&std::ffi::OsStr]) -> std::io::Result<std::process::ExitStatus> {
+    Command::new(sibling_binary("xl")).args(args).status()
+}
+
+/// Restore every domain saved in `XENDOMAINS_SAVE` at the last host stop (xendomains'
+/// `XENDOMAINS_RESTORE`); a restored image is removed, a failed one is kept and reported.
+/// Returns the names restored.
+pub fn restore_saved_domains(x: &Xendomains) -> Vec<String> {
+    let mut done = Vec::new();
+    let (Some(dir), true) = (&x.save, x.restore) else {
+        return done;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return done;
+    };
+    let mut files: Vec<_> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for f in files {
+        match run_xl(&["restore".as_ref(), f.as_os_str()]) {
+            Ok(s) if s.success() => {
+                eprintln!("rxen: restored {}", f.display());
+                let _ = std::fs::remove_file(&f);
+                if let Some(n) = f.file_name().and_then(|n| n.to_str()) {
+                    done.push(n.to_string());
+                }
+            }
+            Ok(s) => eprintln!("rxen: restore of {} failed ({s}); kept", f.display()),
+            Err(e) => eprintln!("rxen: cannot run xl: {e}"),
+        }
+    }
+    done
+}
+
+/// The `name` a config file gives its domain, if it parses.
+fn config_name(cfg: &Path) -> Option<String> {
+    let data = std::fs::read(cfg).ok()?;
+    let env = rxen_config::domain::ParseEnv::default();
+    let parsed =
+        rxen_config::domain::parse_domain_config(&cfg.display().to_string(), &data, &[], &env)
+            .ok()?;
+    parsed.config.c_info.name
+}
+
+/// `rxen host stop`: save (with `XENDOMAINS_SAVE`) or shut down (then destroy) all domains,
+/// stop xenstored.
 pub fn stop(paths: &Paths, timeout: Duration) -> Result<()> {
     if let Ok(xs) = crate::connect_xenstore(paths) {
-        let doms: Vec<u32> = crate::registry::list_domids(&xs)?
+        let mut doms: Vec<u32> = crate::registry::list_domids(&xs)?
             .into_iter()
             .filter(|&d| d != 0)
             .collect();
+        if let Some(dir) = Xendomains::load().save {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            // Saved domains are gone afterwards; the rest is shut down below.
+            doms.retain(|&d| {
+                let Ok(Some(rec)) = crate::registry::read_domain(&xs, d) else {
+                    return false;
+                };
+                let file = dir.join(&rec.name);
+                let id = d.to_string();
+                match run_xl(&["save".as_ref(), id.as_ref(), file.as_os_str()]) {
+                    Ok(s) if s.success() => {
+                        eprintln!("rxen: saved {} to {}", rec.name, file.display());
+                        false
+                    }
+                    Ok(s) => {
+                        eprintln!("rxen: save of {} failed ({s}); shutting it down", rec.name);
+                        true
+                    }
+                    Err(e) => {
+                        eprintln!("rxen: cannot run xl: {e}");
+                        true
+                    }
+                }
+            });
+        }
         for &d in &doms {
             let _ = crate::ops::shutdown(paths, &xs, &d.to_string(), false);
         }
@@ -287,4 +427,24 @@ pub fn hypervisor_log(marker: &std::path::Path, clear: bool) -> std::io::Result<
         std::fs::write(marker, format!("{last}\n"))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod xendomains_tests {
+    use super::Xendomains;
+
+    #[test]
+    fn reads_debians_xendomains_file() {
+        let x = Xendomains::parse(
+            "# comment\nXENDOMAINS_SAVE=/var/lib/xen/save\nXENDOMAINS_RESTORE=true\n\
+             XENDOMAINS_AUTO=/etc/xen/auto\n",
+        );
+        assert!(x.save.unwrap().ends_with("var/lib/xen/save"));
+        assert!(x.restore);
+        let x = Xendomains::parse("XENDOMAINS_SAVE=\"\"\nXENDOMAINS_RESTORE=false # no\n");
+        assert_eq!(x.save, None);
+        assert!(!x.restore);
+        let x = Xendomains::parse("XENDOMAINS_SAVE='/srv/save' # saved images\n");
+        assert!(x.save.unwrap().ends_with("srv/save"));
+    }
 }

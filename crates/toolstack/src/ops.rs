@@ -1,7 +1,7 @@
 //! What the `xl` lifecycle commands do, on top of the registry, the supervisor and the VMM API.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -98,13 +98,19 @@ fn start_supervisor(
     }
     let console_dir = paths.log.join("console");
     std::fs::create_dir_all(&console_dir).map_err(io_err("creating console log dir"))?;
-    let job = build_job(
+    let mut job = build_job(
         cfg,
         domid,
         &dir,
         Some(console_dir.join(format!("guest-{name}.log"))),
         opts.paused,
     )?;
+    if job.on_crash.starts_with("coredump-") {
+        // xl's XEN_DUMP_DIR: the VMM writes the core there when the guest crashes.
+        let dump = paths.dump_dir();
+        std::fs::create_dir_all(&dump).map_err(io_err(format!("creating {}", dump.display())))?;
+        job.vm.crash_core = Some(dump.join(&name));
+    }
     let jp = job_path(paths, domid);
     std::fs::write(
         &jp,
@@ -237,6 +243,23 @@ pub fn wait_gone(xs: &Client, domid: u32, timeout: Option<Duration>) -> Result<(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// `xl create -F`: wait until no domain has `uuid` any more. A domain restarted per `on_reboot`
+/// keeps its uuid (under `rename-restart` the new domain has it), so this follows restarts like
+/// Xen's foreground `xl` does, and ends when the domain is finally destroyed.
+pub fn wait_uuid_gone(xs: &Client, uuid: &str) -> Result<()> {
+    loop {
+        let ids: Vec<u32> = registry::list_domids(xs)?
+            .into_iter()
+            .filter(|&d| d != 0)
+            .collect();
+        let recs = registry::read_domains(xs, &ids)?;
+        if !recs.iter().flatten().any(|r| r.uuid == uuid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn api(paths: &Paths, domid: u32) -> Result<ApiClient> {
@@ -443,6 +466,28 @@ pub fn trigger(paths: &Paths, xs: &Client, arg: &str, what: Trigger, vcpu: u32) 
     };
     api(paths, r.domid)?
         .request(cmd)
+        .map_err(|source| Error::Vmm {
+            domid: r.domid,
+            source,
+        })?;
+    Ok(())
+}
+
+/// `xl dump-core <dom> <file>`: an ELF core of the domain (guest memory and vCPU registers),
+/// written by its VMM with the vCPUs paused meanwhile; a running domain runs on.
+pub fn dump_core(paths: &Paths, xs: &Client, arg: &str, file: &Path) -> Result<()> {
+    let r = registry::resolve(xs, arg)?;
+    if r.domid == 0 {
+        return Err(Error::Other(
+            "cannot dump the core of Domain-0 (the host)".into(),
+        ));
+    }
+    let file =
+        std::path::absolute(file).map_err(io_err(format!("resolving {}", file.display())))?;
+    let mut c = api(paths, r.domid)?;
+    // A large guest takes a while to write; the default API timeout is for quick commands.
+    let _ = c.set_timeout(Some(Duration::from_secs(3600)));
+    c.request(ApiCmd::DumpCore { path: file })
         .map_err(|source| Error::Vmm {
             domid: r.domid,
             source,

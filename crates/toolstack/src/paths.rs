@@ -48,6 +48,12 @@ impl Paths {
             .join(format!("userdata-d.{domid}.{uuid}.libxl-json"))
     }
 
+    /// `/var/lib/xen/dump`: cores of crashed domains (`on_crash="coredump-*"`, xl's
+    /// `XEN_DUMP_DIR`), one file per domain name.
+    pub fn dump_dir(&self) -> PathBuf {
+        self.lib.join("dump")
+    }
+
     /// Runtime directory of one domain (job file, VMM control socket).
     pub fn domain_run_dir(&self, domid: u32) -> PathBuf {
         self.run.join(format!("rxen/dom{domid}"))

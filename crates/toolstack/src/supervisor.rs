@@ -174,7 +174,7 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
             }
             "restart" | "coredump-restart" | "soft-reset" => {
                 if action == "coredump-restart" {
-                    log("core dumps of a dead VMM are not available in rxen; restarting without one");
+                    log_core(&job);
                 }
                 let _ = xs.write(&format!("{}/control/shutdown", dom_path(domid)), "");
                 // Devices hot-plugged meanwhile are in the stored job: restart with them.
@@ -193,7 +193,7 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
             }
             _ => {
                 if action == "coredump-destroy" {
-                    log("core dumps of a dead VMM are not available in rxen; destroying");
+                    log_core(&job);
                 }
                 break Ok(());
             }
@@ -205,6 +205,18 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
     cleanup(paths, &xs, domid);
     log(&format!("domain {domid}: released"));
     outcome
+}
+
+/// After a crash with `coredump-*`: where the VMM left the core (xl logs "dumping core to").
+fn log_core(job: &DomainJob) {
+    match &job.vm.crash_core {
+        Some(p) if p.exists() => log(&format!("dumping core to {}", p.display())),
+        Some(p) => log(&format!(
+            "core dump failed: {} was not written",
+            p.display()
+        )),
+        None => log("core dump failed: no core file configured"),
+    }
 }
 
 /// xl's `-%Y%m%dT%H%MZ` suffix of a preserved domain, in UTC.

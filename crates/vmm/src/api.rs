@@ -94,6 +94,13 @@ pub enum Command {
         /// File to append to (created by the caller).
         path: std::path::PathBuf,
     },
+    /// Write an ELF core of the domain to `path` (replaced if it exists; mode 0600), with the
+    /// vCPUs parked meanwhile; a running domain runs on (`xl dump-core`). The result is a
+    /// `CoreSummary`.
+    DumpCore {
+        /// File to write.
+        path: std::path::PathBuf,
+    },
     /// Live migration: connect to the UNIX socket `path` and send the domain as an rxen stream
     /// (pre-copy rounds, then a short pause for the rest). On success the domain stays paused;
     /// the result is a `LiveSummary`.

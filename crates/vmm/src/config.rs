@@ -369,6 +369,10 @@ pub struct VmConfig {
     /// `maxmem_mib` of RAM and starts with the balloon holding the difference.
     #[serde(default)]
     pub balloon: bool,
+    /// When the guest crashes (pvpanic, a failed VM entry or an emulation failure), write an ELF
+    /// core of the domain here before ending (`on_crash="coredump-destroy|coredump-restart"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_core: Option<PathBuf>,
 }
 
 /// Hard limits.
@@ -399,6 +403,7 @@ impl VmConfig {
             cpu_affinity: vec![],
             cpu_soft_affinity: vec![],
             balloon: false,
+            crash_core: None,
         }
     }
 

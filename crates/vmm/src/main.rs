@@ -59,6 +59,9 @@ struct Cli {
     /// Start with the vCPUs paused (resume with the API's `unpause`).
     #[arg(long)]
     paused: bool,
+    /// When the guest crashes, write an ELF core of the domain to this file before ending.
+    #[arg(long)]
+    crash_core: Option<PathBuf>,
 }
 
 fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -97,6 +100,9 @@ fn build_config(cli: Cli) -> anyhow::Result<VmConfig> {
     }
     if cli.name.is_some() {
         cfg.name = cli.name;
+    }
+    if cli.crash_core.is_some() {
+        cfg.crash_core = cli.crash_core;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -39,7 +39,9 @@ use crate::cpu::{self, RunState, VcpuControl, VcpuExitReason};
 use crate::layout::*;
 use crate::{acpi, boot, console, ExitCode};
 
+mod coredump;
 mod snapshot;
+pub use coredump::CoreSummary;
 pub use snapshot::{LiveOpts, LiveSummary, SaveSummary, SnapshotError, StreamMeta};
 
 /// Errors building or running a domain.
@@ -1266,6 +1268,7 @@ impl Vm {
                                     (ExitCode::Reboot, EventKind::Rebooted, r)
                                 }
                                 Internal::Guest(GuestEvent::Crash, r) => {
+                                    self.crash_core();
                                     (ExitCode::Crash, EventKind::Crashed, r)
                                 }
                                 Internal::VmmError(r) => (ExitCode::Error, EventKind::Error, r),
@@ -1486,6 +1489,13 @@ impl Vm {
                     Err(e) => server.reply(token, id, Err(format!("save failed: {e}"))),
                 }
             }
+            Command::DumpCore { path } => match self.dump_core(&path) {
+                Ok(sum) => {
+                    tracing::info!("core dumped to {}: {sum:?}", path.display());
+                    server.reply(token, id, Ok(serde_json::to_value(sum).unwrap_or_default()))
+                }
+                Err(e) => server.reply(token, id, Err(format!("core dump failed: {e}"))),
+            },
             Command::MigrateSend { path, opts } => {
                 // Pre-copy runs while the guest runs; on success the domain stays paused.
                 match self.migrate_to_socket(&path, &opts) {

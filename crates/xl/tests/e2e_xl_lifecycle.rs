@@ -2,8 +2,9 @@
 //! (`$RXEN_ROOT`): `rxen host start`, `xl create -c`, detach with `^]`, `xl console` back,
 //! `xl list`/`vm-list` output, pause/unpause, `on_reboot=restart` keeping domid/name/uuid,
 //! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, `on_reboot=rename-restart` (old domain
-//! preserved as `NAME-<time>`, new domain with the name and uuid), duplicate names refused, and a
-//! VMM killed with SIGKILL handled per `on_crash`.
+//! preserved as `NAME-<time>`, new domain with the name and uuid), duplicate names refused,
+//! `xl create -F`, `xl dump-core` and `on_crash=coredump-destroy`, a VMM killed with SIGKILL
+//! handled per `on_crash`, autostart, and `XENDOMAINS_SAVE` save/restore at host stop/start.
 
 mod common;
 
@@ -206,6 +207,72 @@ fn e2e_xl_lifecycle_workflows() {
     host.xl_ok(&["destroy", "demorr"]);
     assert!(preserved().is_none() && host.list_row("demorr").is_none());
 
+    step("xl create -F, xl dump-core, on_crash=coredump-destroy");
+    // -F keeps xl in the foreground until the domain is gone; dump-core writes an ELF core of
+    // the running domain; a kernel panic with coredump-destroy leaves a core in
+    // /var/lib/xen/dump/<name> and frees the domain.
+    let cfgc = host.write_cfg("democore", "on_crash = \"coredump-destroy\"", &assets);
+    let mut fg = host
+        .command("xl", &["create", "-F", cfgc.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let logc = host.console_log("democore");
+    wait_until("democore boot", Duration::from_secs(300), || {
+        count_in(&logc, "RXEN-READY") >= 1
+    });
+    assert!(
+        fg.try_wait().unwrap().is_none(),
+        "xl create -F returned early"
+    );
+    let core = host.root.join("democore.core");
+    host.xl_ok(&["dump-core", "democore", core.to_str().unwrap()]);
+    let bytes = std::fs::read(&core).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "not ET_CORE");
+    assert!(
+        bytes.len() as u64 >= 256 << 20,
+        "core of {} bytes",
+        bytes.len()
+    );
+    drop(bytes);
+    let mut con = Guest::spawn(host.command("xl", &["console", "democore"]), "xl console").unwrap();
+    assert_eq!(con.check("echo after-dump").unwrap(), "after-dump\n");
+    let bad = host.xl(&["dump-core", "democore", "/nonexistent-dir/core"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("core dump failed"),
+        "{}",
+        text(&bad)
+    );
+    con.send("echo c > /proc/sysrq-trigger").unwrap();
+    let _ = con.wait_exit(Duration::from_secs(120));
+    drop(con);
+    wait_until("democore released", Duration::from_secs(120), || {
+        host.list_row("democore").is_none()
+    });
+    let crash_core = host.root.join("var/lib/xen/dump/democore");
+    let head = std::fs::read(&crash_core).expect("crash core written");
+    assert_eq!(&head[..4], b"\x7fELF");
+    drop(head);
+    let sup =
+        std::fs::read_to_string(host.root.join("var/log/xen/xl-democore.log")).unwrap_or_default();
+    assert!(sup.contains("dumping core to"), "{sup}");
+    let st = (0..300)
+        .find_map(|_| {
+            let r = fg.try_wait().unwrap();
+            if r.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r
+        })
+        .expect("xl create -F did not end with its domain");
+    assert!(st.success(), "xl create -F: {st}");
+    let _ = std::fs::remove_file(&core);
+    let _ = std::fs::remove_file(&crash_core);
+
     step("kill -9 of the VMM");
     // A VMM killed with SIGKILL is a crash; default on_crash=destroy frees the domain.
     let cfg3 = host.write_cfg("demo3", "", &assets);
@@ -261,6 +328,42 @@ fn e2e_xl_lifecycle_workflows() {
     wait_until("auto1 boot", Duration::from_secs(300), || {
         count_in(&log4, "RXEN-READY") >= 1
     });
+
+    // xendomains' XENDOMAINS_SAVE: host stop saves the domain, host start restores it (it
+    // continues where it was: a file in its RAM-backed /tmp is still there) and does not
+    // autostart it a second time.
+    step("XENDOMAINS_SAVE: save at host stop, restore at host start");
+    let mut con = Guest::spawn(host.command("xl", &["console", "auto1"]), "xl console").unwrap();
+    con.check("echo before-save > /tmp/marker").unwrap();
+    con.write_raw(&[0x1d]).unwrap();
+    let _ = con.wait_exit(Duration::from_secs(20));
+    drop(con);
+    let xd = host.root.join("etc/default/xendomains");
+    std::fs::create_dir_all(xd.parent().unwrap()).unwrap();
+    std::fs::write(
+        &xd,
+        "XENDOMAINS_SAVE=/var/lib/xen/save\nXENDOMAINS_RESTORE=true\n",
+    )
+    .unwrap();
+    let stop = host.cmd("rxen", &["host", "stop", "--timeout", "120"]);
+    assert!(stop.status.success(), "rxen host stop: {}", text(&stop));
+    let image = host.root.join("var/lib/xen/save/auto1");
+    assert!(image.is_file(), "no save image: {}", text(&stop));
+    let start = host.cmd("rxen", &["host", "start"]);
+    assert!(start.status.success(), "rxen host start: {}", text(&start));
+    assert!(!image.exists(), "the restored image is removed");
+    assert_eq!(
+        host.xl_ok(&["list"]).matches("auto1").count(),
+        1,
+        "auto1 once: {}",
+        text(&start)
+    );
+    let mut con = Guest::spawn(host.command("xl", &["console", "auto1"]), "xl console").unwrap();
+    assert_eq!(con.check("cat /tmp/marker").unwrap(), "before-save\n");
+    con.write_raw(&[0x1d]).unwrap();
+    let _ = con.wait_exit(Duration::from_secs(20));
+    drop(con);
+    std::fs::remove_file(&xd).unwrap();
     let stop = host.cmd("rxen", &["host", "stop", "--timeout", "120"]);
     assert!(stop.status.success(), "rxen host stop: {}", text(&stop));
     // The supervisor's log tells how it ended: an ACPI power-button poweroff, not a destroy.

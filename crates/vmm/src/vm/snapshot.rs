@@ -290,7 +290,7 @@ fn pci_write(pio: &Bus, slot: u8, reg: u8, v: u32) {
     pio.write(PCI_DATA, &v.to_le_bytes());
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -312,15 +312,19 @@ impl Vm {
     }
 
     /// Parks every running vCPU; false if they did not stop.
-    fn park_all(&self) -> bool {
+    pub(super) fn park_all(&self) -> bool {
         self.control.set_state(RunState::Paused);
         let n = self.live_vcpus();
         self.control.wait_parked(n, || self.kick_all())
     }
 
     fn capture_vcpus(&self) -> Result<Vec<VcpuState>, SnapshotError> {
+        self.capture_vcpus_of(&self.present_vcpus())
+    }
+
+    /// Captures the vCPUs `present` (ascending ids), each by its own parked thread.
+    pub(super) fn capture_vcpus_of(&self, present: &[u8]) -> Result<Vec<VcpuState>, SnapshotError> {
         let msr_list = Arc::new(msr_indices());
-        let present = self.present_vcpus();
         if !self.vcpu_fds.is_empty() {
             // Not started yet: capture directly.
             return self
@@ -332,7 +336,7 @@ impl Vm {
         }
         let (tx, rx) = mpsc::channel();
         let n = present.len();
-        for &id in &present {
+        for &id in present {
             let tx = tx.clone();
             let list = msr_list.clone();
             self.control.post_task(

@@ -32,14 +32,17 @@ pub fn main_create(g: &Globals, argv: &[String]) -> i32 {
             "-f" | "--defconfig" => filename = v.clone(),
             "-p" => flags.paused = true,
             "-c" => flags.console = true,
-            "-F"
-            | "-V"
-            | "--vncviewer"
-            | "-A"
-            | "--vncviewer-autopass"
-            | "-e"
-            | "-d"
-            | "--ignore-global-affinity-masks" => {}
+            "-F" => flags.foreground = true,
+            "-V" | "--vncviewer" | "-A" | "--vncviewer-autopass" => {
+                eprintln!(
+                    "xl: {o}: rxen domains have no VNC display (vfb/vnc are not supported), \
+                     so there is no viewer to start; use -c for the console"
+                );
+                return 1;
+            }
+            // -e: Xen's xl then leaves the domain unmonitored; rxen always supervises (the
+            // supervisor also frees the domain's host resources), so on_* still apply.
+            "-e" | "-d" | "--ignore-global-affinity-masks" => {}
             _ => {
                 eprintln!("xl: unrecognized option '{o}'");
                 help(Some("create"));

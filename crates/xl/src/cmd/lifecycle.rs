@@ -59,6 +59,8 @@ pub struct CreateFlags {
     pub console: bool,
     /// `-q`.
     pub quiet: bool,
+    /// `-F`: stay in the foreground until the domain is gone.
+    pub foreground: bool,
 }
 
 /// Create the domain (called by `create` once the config parsed).
@@ -80,10 +82,22 @@ pub fn create_domain(_g: &Globals, cfg: &DomainConfig, f: &CreateFlags) -> i32 {
     if !f.quiet {
         eprintln!("Started domain {name} (id={domid})");
     }
+    let mut rc = 0;
     if f.console {
-        return attach_console(&xs, domid, ConsoleType::Pv, 0x1d);
+        rc = attach_console(&xs, domid, ConsoleType::Pv, 0x1d);
     }
-    0
+    if f.foreground && rc == 0 {
+        // Like Xen's `xl create -F`: the command ends with the domain (restarts included).
+        let uuid = match registry::read_domain(&xs, domid) {
+            Ok(Some(r)) => r.uuid,
+            Ok(None) => return 0,
+            Err(e) => return fail(e),
+        };
+        if let Err(e) = ops::wait_uuid_gone(&xs, &uuid) {
+            return fail(e);
+        }
+    }
+    rc
 }
 
 fn attach_console(xs: &Client, domid: u32, ty: ConsoleType, escape: u8) -> i32 {
@@ -544,6 +558,26 @@ pub fn main_trigger(_g: &Globals, argv: &[String]) -> i32 {
     with_host(|paths, xs| ops::trigger(paths, xs, &ops_[0], what, vcpu))
 }
 
+/// `xl dump-core <Domain> <filename>`: an ELF core of the domain (guest memory and registers).
+pub fn main_dump_core(_g: &Globals, argv: &[String]) -> i32 {
+    let (_, ops_) = match simple_opts("dump-core", argv, 2) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let paths = Paths::from_env();
+    let xs = match connect(&paths) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match ops::dump_core(&paths, &xs, &ops_[0], std::path::Path::new(&ops_[1])) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("core dump failed: {}", chain(&e));
+            1
+        }
+    }
+}
+
 /// `xl dmesg [-c]`: the hypervisor's (KVM's) messages from the host kernel log.
 pub fn main_dmesg(_g: &Globals, argv: &[String]) -> i32 {
     let (opts, _) = match getopt(argv, &[], &[]) {
@@ -601,6 +635,7 @@ pub fn handler(name: &str) -> Option<Handler> {
         "sysrq" => main_sysrq,
         "trigger" => main_trigger,
         "dmesg" => main_dmesg,
+        "dump-core" => main_dump_core,
         _ => return None,
     })
 }
