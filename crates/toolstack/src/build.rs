@@ -89,6 +89,27 @@ pub fn translate_root(cmdline: &str, vdevs: &[String]) -> String {
         .join(" ")
 }
 
+/// Make sure a Linux guest whose command line names only `console=hvc0` has a console from its
+/// first message on: `console=ttyS0` is put in front. On Xen, hvc0 is built into every domU kernel;
+/// on rxen it is virtio-console, a module in distribution kernels (Debian's among them), so until
+/// the module loads the kernel has no console at all, and Debian's initramfs and systemd then
+/// stall on the missing `/dev/console` (a bookworm image built by xen-create-image never reached
+/// its login prompt without this). hvc0 stays the last `console=`, hence the preferred console
+/// once it registers (it also replays the kernel log); early messages go to the serial port
+/// (`xl console -t serial`, logged as `guest-<name>-serial.log`).
+pub fn early_console(cmdline: &str) -> String {
+    let toks: Vec<&str> = cmdline.split_whitespace().collect();
+    let hvc = toks.iter().any(|t| t.starts_with("console=hvc"));
+    let other = toks
+        .iter()
+        .any(|t| t.starts_with("console=") && !t.starts_with("console=hvc"));
+    if hvc && !other {
+        format!("console=ttyS0 {}", toks.join(" "))
+    } else {
+        cmdline.to_string()
+    }
+}
+
 /// How a disk spec names itself in messages: `xvda (/images/a.qcow2)`.
 fn disk_label(d: &rxen_config::model::DeviceDisk) -> String {
     let vdev = d.vdev.clone().unwrap_or_default();
@@ -302,7 +323,7 @@ pub fn build_job(
     vm.name = Some(name.clone());
     vm.initrd = ramdisk.map(PathBuf::from);
     let extra_cmdline = translate_root(&cmdline.unwrap_or_default(), &vdevs);
-    vm.cmdline = Some(extra_cmdline.clone());
+    vm.cmdline = Some(early_console(&extra_cmdline));
     vm.memory_mib = target_kib.div_ceil(1024);
     vm.maxmem_mib = (max_kib > target_kib).then(|| max_kib.div_ceil(1024));
     vm.vcpus = vcpus;
@@ -397,7 +418,24 @@ pub fn build_job(
 
 #[cfg(test)]
 mod tests {
-    use super::translate_root;
+    use super::{early_console, translate_root};
+
+    #[test]
+    fn hvc0_only_command_lines_get_an_early_serial_console() {
+        assert_eq!(
+            early_console("root=/dev/vda ro console=hvc0"),
+            "console=ttyS0 root=/dev/vda ro console=hvc0"
+        );
+        // Another console named, or none at all: unchanged.
+        for c in [
+            "console=ttyS0 console=hvc0",
+            "console=hvc0 console=tty0",
+            "root=/dev/vda",
+            "",
+        ] {
+            assert_eq!(early_console(c), c);
+        }
+    }
 
     fn disk(spec: &str) -> Result<rxen_vmm::config::DiskConfig, String> {
         let mut diag = vec![];

@@ -300,7 +300,7 @@ fn run_bootloader(dir: &Path, job: &DomainJob, vm: &mut rxen_vmm::VmConfig) -> R
         crate::build::translate_root(&sel.args, &bl.vdevs),
         job.extra_cmdline
     );
-    vm.cmdline = Some(args.trim().to_string());
+    vm.cmdline = Some(crate::build::early_console(args.trim()));
     Ok(())
 }
 

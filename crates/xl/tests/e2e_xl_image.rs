@@ -65,6 +65,26 @@ fn login(con: &mut Guest, password: &str) {
     con.wait_for(PROMPT, Duration::from_secs(120)).unwrap();
 }
 
+/// `s` without terminal control sequences (`ESC [ … final`), such as bash's bracketed-paste
+/// switches around every command.
+fn strip_csi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for d in it.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&d) {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A root shell on the guest console.
 struct Shell {
     con: Guest,
@@ -98,7 +118,7 @@ impl Shell {
             .parse()
             .unwrap_or(-1);
         self.con.wait_for(PROMPT, Duration::from_secs(30)).unwrap();
-        (out[..at].replace('\r', ""), status)
+        (strip_csi(&out[..at]).replace('\r', ""), status)
     }
 
     /// Runs `cmd`, which must succeed; returns its output.
@@ -209,7 +229,7 @@ fn wip_debian_image_guest_logs_in_and_upgrades_its_kernel() {
         "xl create -c",
     );
     let t0 = Instant::now();
-    wait_login_prompt(&mut con, Duration::from_secs(900));
+    wait_login_prompt(&mut con, Duration::from_secs(600));
     step(&format!(
         "login prompt after {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -293,7 +313,7 @@ fn wip_debian_image_guest_logs_in_and_upgrades_its_kernel() {
         host.list_row(NAME).is_some()
     });
     let mut con = console(&host, &["console", NAME], "xl console");
-    wait_login_prompt(&mut con, Duration::from_secs(900));
+    wait_login_prompt(&mut con, Duration::from_secs(600));
     login(&mut con, &password);
     let mut sh = Shell { con, n: 0 };
     let uname = sh.check("uname -r", Duration::from_secs(30));

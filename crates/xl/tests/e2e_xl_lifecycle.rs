@@ -3,7 +3,8 @@
 //! `xl list`/`vm-list` output, pause/unpause, `on_reboot=restart` keeping domid/name/uuid,
 //! `on_crash=preserve`, `xl destroy`, `xl shutdown -w`, `on_reboot=rename-restart` (old domain
 //! preserved as `NAME-<time>`, new domain with the name and uuid), duplicate names refused,
-//! `xl create -F`, `xl dump-core` and `on_crash=coredump-destroy`, a VMM killed with SIGKILL
+//! `xl create -F`, `xl dump-core` and `on_crash=coredump-destroy`, `xl destroy` of a hung
+//! (SIGSTOPped) domain, a VMM killed with SIGKILL
 //! handled per `on_crash`, autostart, and `XENDOMAINS_SAVE` save/restore at host stop/start.
 
 mod common;
@@ -272,6 +273,54 @@ fn e2e_xl_lifecycle_workflows() {
     assert!(st.success(), "xl create -F: {st}");
     let _ = std::fs::remove_file(&core);
     let _ = std::fs::remove_file(&crash_core);
+
+    step("xl destroy of a hung domain");
+    // A domain whose VMM is frozen (SIGSTOP: no vCPU runs, its control socket does not answer)
+    // ignores xl shutdown; xl destroy still frees it and the process is gone.
+    let cfgh = host.write_cfg("hung", "", &assets);
+    host.xl_ok(&["create", cfgh.to_str().unwrap()]);
+    let hung_id = host
+        .list_row("hung")
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let vmm_of = |domid: &str| -> String {
+        let o = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!(
+                    "rxen-vmm --config {}/var/run/xen/rxen/dom{domid}/",
+                    host.root.display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let hung_pid = vmm_of(&hung_id);
+    assert!(!hung_pid.is_empty(), "no VMM for domain {hung_id}");
+    assert!(Command::new("kill")
+        .args(["-STOP", &hung_pid])
+        .status()
+        .unwrap()
+        .success());
+    // The power button is pressed, but nothing in the domain runs to see it.
+    let _ = host.xl(&["shutdown", "hung"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        host.list_row("hung").is_some(),
+        "a frozen domain cannot shut down"
+    );
+    host.xl_ok(&["destroy", "hung"]);
+    assert!(
+        host.list_row("hung").is_none(),
+        "xl destroy left the hung domain"
+    );
+    wait_until("the frozen VMM is gone", Duration::from_secs(10), || {
+        vmm_of(&hung_id).is_empty()
+    });
 
     step("kill -9 of the VMM");
     // A VMM killed with SIGKILL is a crash; default on_crash=destroy frees the domain.
