@@ -144,6 +144,10 @@ pub fn run(paths: &Paths, domid: u32) -> Result<()> {
             classify(status)
         };
         log(&format!("domain {domid}: VMM exited ({status}): {end:?}"));
+        // Its ptys are gone: nobody may attach to them (a restarted VMM publishes new ones).
+        let d = dom_path(domid);
+        let _ = xs.write(&format!("{d}/console/tty"), "");
+        let _ = xs.write(&format!("{d}/serial/0/tty"), "");
         let (action, reason) = match end {
             VmmEnd::Destroyed => break Ok(()),
             VmmEnd::Poweroff => (job.on_poweroff.as_str(), ShutdownReason::Poweroff),

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use rxen_vmm::config::{ConsoleConfig, DiskConfig, NetConfig, VmConfig};
 use rxen_vmm::{vm, ExitCode};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The rxen per-domain VMM. Exit codes: 0 poweroff, 1 error, 2 usage, 3 reboot, 4 crash,
 /// 5 destroyed.
@@ -113,12 +116,16 @@ fn main() {
     // thread its own arena, whose first pages count against the VMM's memory overhead.
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // `RXEN_LOG`: `debug`, or per module: `info,rxen_vmm::vm::snapshot=debug`. A target filter,
+    // not an EnvFilter: no regex engine in the VMM (its code would be resident in every domain).
+    let filter = std::env::var("RXEN_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .finish()
+        .with(filter)
         .init();
     let cli = Cli::parse();
     let mut restore = cli.restore.clone();

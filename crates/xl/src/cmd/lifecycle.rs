@@ -101,13 +101,25 @@ pub fn create_domain(_g: &Globals, cfg: &DomainConfig, f: &CreateFlags) -> i32 {
 }
 
 fn attach_console(xs: &Client, domid: u32, ty: ConsoleType, escape: u8) -> i32 {
-    let tty = match console::console_tty(xs, domid, ty, Duration::from_secs(10)) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    match console::attach(&tty, escape) {
-        Ok(Detach::Escape) | Ok(Detach::Closed) => 0,
-        Err(e) => fail(e),
+    // A domain being restarted (on_reboot) has no console for a moment: its old pty is gone and
+    // the new VMM's is not published yet. Wait up to 10 s for one that opens.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let tty = match console::console_tty(xs, domid, ty, left) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        match console::attach(&tty, escape) {
+            Ok(Detach::Escape) | Ok(Detach::Closed) => return 0,
+            Err(rxen_toolstack::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return fail(e),
+        }
     }
 }
 
