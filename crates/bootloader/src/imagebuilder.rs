@@ -923,6 +923,11 @@ pub fn build(spec: &Spec, quiet: bool) -> Result<Built, BuildError> {
                 "isc-dhcp-client".into(),
                 "iproute2".into(),
                 "netbase".into(),
+                // `xl shutdown` reaches an rxen guest as the ACPI power button (there is no
+                // xenbus): minbase has no dbus, so systemd-logind cannot handle it, but acpid with
+                // Debian's power-button event does (`shutdown -h now`).
+                "acpid".into(),
+                "acpi-support-base".into(),
             ];
             pkgs.extend(include.iter().cloned());
             run_logged(

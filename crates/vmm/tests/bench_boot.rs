@@ -30,6 +30,36 @@ fn overhead_rss_kib(pid: u32, guest_bytes: u64) -> u64 {
     total
 }
 
+/// The largest contributors to [`overhead_rss_kib`]: (KiB, mapping name), largest first.
+fn rss_breakdown(pid: u32, guest_bytes: u64) -> Vec<(u64, String)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut cur: Option<String> = None;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+                let a = u64::from_str_radix(a, 16).unwrap_or(0);
+                let b = u64::from_str_radix(b, 16).unwrap_or(0);
+                cur = (b - a < guest_bytes)
+                    .then(|| f.get(5).map_or("[anon]".to_string(), |s| s.to_string()));
+            }
+            Some(&"Rss:") => {
+                if let Some(c) = &cur {
+                    *by.entry(c.clone()).or_default() +=
+                        f.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut v: Vec<(u64, String)> = by.into_iter().map(|(k, n)| (n, k)).collect();
+    v.sort_by(|a, b| b.cmp(a));
+    v.truncate(6);
+    v
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -74,6 +104,12 @@ fn benchmark_boot_to_userspace_and_rss() {
             }
             times.push(g.time_to_userspace().unwrap().as_secs_f64());
             rss.push(overhead_rss_kib(g.pid(), u64::from(spec.memory_mib) << 20) as f64);
+            if rss.len() == 1 {
+                eprintln!(
+                    "{name}: RSS beyond guest RAM by mapping (KiB): {:?}",
+                    rss_breakdown(g.pid(), u64::from(spec.memory_mib) << 20)
+                );
+            }
             let _ = g.send("poweroff -f");
             let _ = g.wait_exit(Duration::from_secs(60));
         }

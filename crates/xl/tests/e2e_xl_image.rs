@@ -150,8 +150,8 @@ fn copy_image(from: &Path, to: &Path) {
 }
 
 #[test]
-#[ignore = "work in progress, not yet passing (run: scripts/e2e wip_debian_image)"]
-fn wip_debian_image_guest_logs_in_and_upgrades_its_kernel() {
+#[ignore = "e2e: needs a KVM that boots Linux and the image of scripts/debian-image (run via scripts/e2e)"]
+fn e2e_xl_debian_image_guest_logs_in_and_upgrades_its_kernel() {
     require_linux_kvm().unwrap();
     let image = PathBuf::from(std::env::var_os("RXEN_DEBIAN_IMAGE").expect(
         "RXEN_DEBIAN_IMAGE is not set: run this test through scripts/e2e, \
