@@ -802,6 +802,7 @@ impl Vm {
                 .unwrap_or_default();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
+                .stack_size(rxen_devices::THREAD_STACK_SIZE)
                 .spawn(move || {
                     // SAFETY: gettid has no preconditions.
                     tid2.store(unsafe { libc::gettid() }, AtomicOrdering::SeqCst);

@@ -104,6 +104,24 @@ fn benchmark_boot_to_userspace_and_rss() {
             }
             times.push(g.time_to_userspace().unwrap().as_secs_f64());
             rss.push(overhead_rss_kib(g.pid(), u64::from(spec.memory_mib) << 20) as f64);
+            if rss.len() == 1 && std::env::var_os("RXEN_BENCH_SMAPS").is_some() {
+                // Diagnostic: every mapping outside guest RAM with more than 256 KiB resident.
+                let smaps =
+                    std::fs::read_to_string(format!("/proc/{}/smaps", g.pid())).unwrap_or_default();
+                let mut head = String::new();
+                for line in smaps.lines() {
+                    if line.contains('-') && !line.starts_with(|c: char| c.is_ascii_uppercase()) {
+                        head = line.to_string();
+                    } else if let Some(v) = line.strip_prefix("Rss:") {
+                        let kib: u64 = v.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+                        if kib > 256 && kib < u64::from(spec.memory_mib) * 1024 {
+                            eprintln!("{name}: smaps {kib} KiB: {head}");
+                        }
+                    } else if line.starts_with("AnonHugePages:") && !line.ends_with(" 0 kB") {
+                        eprintln!("{name}: smaps   {line}");
+                    }
+                }
+            }
             if rss.len() == 1 {
                 eprintln!(
                     "{name}: RSS beyond guest RAM by mapping (KiB): {:?}",

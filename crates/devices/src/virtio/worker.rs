@@ -79,6 +79,7 @@ impl Worker {
         let thread_name = name.clone();
         let handle = std::thread::Builder::new()
             .name(thread_name)
+            .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || {
                 let _kill = kill2;
                 let mut events = vec![EpollEvent::default(); 16];
