@@ -10,6 +10,9 @@
 //! * qcow2 images ([`qcow2::Qcow2Disk`]) through the `imago` crate, including backing chains
 //!   (qcow2 or raw backing files, read-only) and compressed clusters (read).
 //!
+//! Raw images and block devices can also be served asynchronously, many requests in flight,
+//! through io_uring ([`uring::Uring`] on [`DiskBackend::direct_fd`]).
+//!
 //! Every image an instance uses is locked with an open-file-description lock ([`lock`]):
 //! writable images exclusively, read-only images and backing files shared, so two domains can
 //! never write the same image, nor one write an image another one reads.
@@ -20,6 +23,7 @@ pub mod format;
 pub mod lock;
 pub mod qcow2;
 pub mod raw;
+pub mod uring;
 
 use std::io;
 use std::marker::PhantomData;
@@ -218,6 +222,12 @@ pub trait DiskBackend: Send {
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes a range read as zeros, deallocating it when `unmap` allows.
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// A descriptor whose bytes are the disk's bytes at the same offsets, for callers that do
+    /// their own asynchronous I/O on it ([`uring::Uring`]): raw images and block devices. `None`
+    /// for formats with a mapping layer (qcow2), which only serve requests through this trait.
+    fn direct_fd(&self) -> Option<std::os::unix::io::BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// Checks that `[offset, offset+len)` lies inside a disk of `size` bytes.
@@ -366,6 +376,9 @@ impl DiskBackend for HandedOver {
     }
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         self.disk.write_zeroes(offset, len, unmap)
+    }
+    fn direct_fd(&self) -> Option<std::os::unix::io::BorrowedFd<'_>> {
+        self.disk.direct_fd()
     }
 }
 

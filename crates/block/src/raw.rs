@@ -193,6 +193,11 @@ impl DiskBackend for RawDisk {
         &self.info
     }
 
+    fn direct_fd(&self) -> Option<std::os::unix::io::BorrowedFd<'_>> {
+        use std::os::unix::io::AsFd;
+        Some(self.file.as_fd())
+    }
+
     fn read(&mut self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
         check_range(self.info.size, offset, iov_len(bufs))?;
         self.rw(offset, bufs, false)

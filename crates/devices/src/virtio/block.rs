@@ -1,21 +1,32 @@
 //! virtio-blk over an `rxen-block` disk backend (raw file, block device, qcow2).
 //!
-//! Requests are served by the device's worker thread, one at a time, in ring order: data moves
-//! between guest memory and the backend with vectored I/O (`preadv`/`pwritev` straight into guest
-//! RAM for raw images and block devices). `VIRTIO_BLK_T_FLUSH` completes only after the backend's
-//! flush (`fdatasync`, or qcow2 metadata write-out + `fsync`) returned, so a guest `fsync` is
-//! durable on the host when the guest sees it complete.
+//! Requests are served by the device's worker thread. On raw images and block devices, reads,
+//! writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest queued
+//! is submitted in one batch and completes when the kernel is done, in any order, with data moving
+//! straight between the file and guest RAM. Other requests (qcow2, discard, write-zeroes, GET_ID,
+//! removable media, or when io_uring is unavailable or `RXEN_DISK_AIO=sync`) are served on the
+//! worker thread with vectored system calls, one at a time. `VIRTIO_BLK_T_FLUSH` completes only
+//! after the backend's flush (`fdatasync`, or qcow2 metadata write-out + `fsync`; on io_uring a
+//! drained `fdatasync` that starts after every earlier request completed) returned, so a guest
+//! `fsync` is durable on the host when the guest sees it complete.
+//!
+//! When the worker stops (device reset, or a snapshot quiescing the device) it first waits for
+//! every request in flight and completes it, so every chain taken from the ring is in the used
+//! ring: the transport's snapshot and restart rely on that.
 //!
 //! Removable media (CD-ROMs): the backend sits behind a [`MediaHandle`]; swapping it (or
 //! ejecting it: no backend, capacity 0) raises a configuration-change interrupt, on which Linux
 //! re-reads the capacity.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use rxen_block::uring::{Completion, Uring};
 use rxen_block::{DiskBackend, DiskInfo, FormatChoice, IoBuf};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -316,6 +327,30 @@ impl Block {
         self.removable
     }
 
+    /// An io_uring on the medium's descriptor, when it has one (raw images, block devices), the
+    /// medium is fixed and `RXEN_DISK_AIO` is not `sync`.
+    fn async_io(&self) -> Option<Aio> {
+        if self.removable || std::env::var_os("RXEN_DISK_AIO").is_some_and(|v| v == "sync") {
+            return None;
+        }
+        let m = self.media.lock();
+        let fd = m.backend.as_ref()?.direct_fd()?;
+        match Uring::new(fd, u32::from(QUEUE_SIZE)) {
+            Ok(ring) => Some(Aio {
+                ring,
+                pending: HashMap::new(),
+                next_token: 0,
+            }),
+            Err(e) => {
+                tracing::info!(
+                    "{}: io_uring unavailable ({e}); serving requests synchronously",
+                    self.name()
+                );
+                None
+            }
+        }
+    }
+
     fn config(&self) -> Vec<u8> {
         let size = self.media.size.load(Ordering::SeqCst);
         let mut c = vec![0u8; 60];
@@ -379,6 +414,7 @@ impl VirtioDevice for Block {
             read_only: self.read_only || ctx.acked_features & F_RO != 0,
             id: self.id,
             interrupt: ctx.interrupt.clone(),
+            aio: self.async_io(),
         };
         self.worker = Some(Worker::spawn(self.name(), handler, ctx.interrupt)?);
         Ok(())
@@ -403,6 +439,34 @@ struct BlockWorker {
     read_only: bool,
     id: [u8; ID_LEN],
     interrupt: Arc<dyn VirtioInterrupt>,
+    aio: Option<Aio>,
+}
+
+/// Token of the io_uring's eventfd in the worker's epoll set.
+const AIO_TOKEN: u64 = 1;
+
+/// The asynchronous data path of a disk: its ring and the requests in flight by token.
+struct Aio {
+    ring: Uring,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AioKind {
+    Read,
+    Write,
+    Flush,
+}
+
+/// A request submitted to the ring, completed when its completion arrives.
+struct Pending {
+    head: u16,
+    status_addr: u64,
+    kind: AioKind,
+    offset: u64,
+    /// The data buffers (for a synchronous retry of a short transfer).
+    segs: Vec<Seg>,
 }
 
 fn bad(reason: impl Into<String>) -> VirtioError {
@@ -459,6 +523,23 @@ fn seg_len(segs: &[Seg]) -> u64 {
     segs.iter().map(|s| s.len).sum()
 }
 
+/// Host buffers over the guest memory of `segs`.
+fn iobufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Seg]) -> Result<Vec<IoBuf<'m>>, VirtioError> {
+    let mut bufs = Vec::with_capacity(segs.len());
+    for s in segs {
+        for slice in GuestMemoryBackend::get_slices(mem, GuestAddress(s.addr), s.len as usize) {
+            let slice = slice.map_err(|e| bad(format!("request buffer outside RAM: {e}")))?;
+            let ptr = slice.ptr_guard_mut().as_ptr();
+            // SAFETY: the slice lies inside a guest RAM mapping owned by `mem`, which outlives
+            // the returned buffers (they borrow it); backends only access it through system
+            // calls and ptr::copy (concurrent guest access is the guest's own race, as on
+            // hardware DMA).
+            bufs.push(unsafe { IoBuf::from_raw(ptr, slice.len()) });
+        }
+    }
+    Ok(bufs)
+}
+
 impl BlockWorker {
     fn read_guest(&self, segs: &[Seg]) -> Result<Vec<u8>, VirtioError> {
         let mut out = vec![0u8; seg_len(segs) as usize];
@@ -488,28 +569,161 @@ impl BlockWorker {
 
     /// Host buffers over the guest memory of `segs`.
     fn iobufs(&self, segs: &[Seg]) -> Result<Vec<IoBuf<'_>>, VirtioError> {
-        let mut bufs = Vec::with_capacity(segs.len());
-        for s in segs {
-            for slice in
-                GuestMemoryBackend::get_slices(&self.mem, GuestAddress(s.addr), s.len as usize)
-            {
-                let slice = slice.map_err(|e| bad(format!("request buffer outside RAM: {e}")))?;
-                let ptr = slice.ptr_guard_mut().as_ptr();
-                // SAFETY: the slice lies inside a guest RAM mapping owned by `self.mem`, which
-                // outlives the returned buffers (they borrow `self`); the backend only accesses
-                // it through system calls and ptr::copy (concurrent guest access is the guest's
-                // own race, as on hardware DMA).
-                bufs.push(unsafe { IoBuf::from_raw(ptr, slice.len()) });
-            }
-        }
-        Ok(bufs)
+        iobufs(&self.mem, segs)
     }
 
-    /// Executes one request; returns the number of bytes written into the chain.
+    /// Submits a read, write or flush to the ring (waiting for completions when every slot is
+    /// in flight). False: not submitted (too many buffers for one operation), serve it
+    /// synchronously.
+    fn submit_async(
+        &mut self,
+        kind: AioKind,
+        head: u16,
+        status_addr: u64,
+        offset: u64,
+        segs: Vec<Seg>,
+    ) -> Result<bool, VirtioError> {
+        let mem = self.mem.clone();
+        let bufs = iobufs(&mem, &segs)?;
+        loop {
+            let Some(aio) = self.aio.as_mut() else {
+                return Ok(false);
+            };
+            let token = aio.next_token;
+            let r = match kind {
+                // SAFETY: the buffers lie in guest RAM, mapped for as long as this worker holds
+                // `self.mem` (a clone of the same mappings); the worker drains the ring before
+                // it is dropped (`Drop for BlockWorker`), and the ring itself waits for its
+                // operations when dropped.
+                AioKind::Read => unsafe { aio.ring.read(offset, &bufs, token) },
+                // SAFETY: as above, for reads of guest memory.
+                AioKind::Write => unsafe { aio.ring.write(offset, &bufs, token) },
+                AioKind::Flush => aio.ring.flush(token),
+            };
+            match r {
+                Ok(()) => {
+                    aio.next_token = token.wrapping_add(1);
+                    aio.pending.insert(
+                        token,
+                        Pending {
+                            head,
+                            status_addr,
+                            kind,
+                            offset,
+                            segs,
+                        },
+                    );
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_async()?,
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Waits for at least one completion of the ring and finishes what completed.
+    fn wait_async(&mut self) -> Result<(), VirtioError> {
+        let mut done = Vec::new();
+        if let Some(aio) = self.aio.as_mut() {
+            aio.ring.wait(&mut done).map_err(|source| VirtioError::Io {
+                what: "io_uring wait",
+                source,
+            })?;
+        }
+        self.finish_all(done)
+    }
+
+    /// Finishes completed requests: status byte, used ring, counters.
+    fn finish_all(&mut self, done: Vec<Completion>) -> Result<(), VirtioError> {
+        let qerr = |source| VirtioError::Queue { queue: 0, source };
+        for c in done {
+            let Some(p) = self.aio.as_mut().and_then(|a| a.pending.remove(&c.token)) else {
+                continue;
+            };
+            let len = seg_len(&p.segs);
+            let (status, written) = match (p.kind, c.result) {
+                (AioKind::Flush, Ok(_)) => (S_OK, 0),
+                (AioKind::Flush, Err(e)) => {
+                    tracing::error!("virtio-blk: flush failed: {e}");
+                    (S_IOERR, 0)
+                }
+                (kind, Ok(n)) => {
+                    let write = kind == AioKind::Write;
+                    // A short transfer (a file that shrank, a partial write): the synchronous
+                    // path finishes it with the backend's own rules (zeros past the end).
+                    let ok = n as u64 == len || self.sync_rw(write, p.offset, &p.segs)?;
+                    if ok {
+                        self.media.stats.done(write, len);
+                        (S_OK, if write { 0 } else { len })
+                    } else {
+                        (S_IOERR, 0)
+                    }
+                }
+                (kind, Err(e)) => {
+                    tracing::debug!("virtio-blk: {kind:?} at {} (+{len}): {e}", p.offset);
+                    (S_IOERR, 0)
+                }
+            };
+            let mem = self.mem.clone();
+            mem.write_obj(status, GuestAddress(p.status_addr))
+                .map_err(|e| bad(format!("cannot write status: {e}")))?;
+            let used = (written + 1).min(u64::from(u32::MAX)) as u32;
+            self.queue.add_used(&mem, p.head, used).map_err(qerr)?;
+        }
+        Ok(())
+    }
+
+    /// Serves a read or write synchronously through the backend; false on an I/O error.
+    fn sync_rw(&mut self, write: bool, offset: u64, segs: &[Seg]) -> Result<bool, VirtioError> {
+        let media = self.media.clone();
+        let mut m = media.lock();
+        let Some(b) = m.backend.as_mut() else {
+            return Ok(false);
+        };
+        let bufs = self.iobufs(segs)?;
+        let r = if write {
+            b.write(offset, &bufs)
+        } else {
+            b.read(offset, &bufs)
+        };
+        if let Err(e) = &r {
+            tracing::debug!("virtio-blk: retried transfer at {offset}: {e}");
+        }
+        Ok(r.is_ok())
+    }
+
+    /// Reaps the ring's completions (its eventfd fired) and notifies the guest.
+    fn reap_async(&mut self) -> Result<(), VirtioError> {
+        let mut done = Vec::new();
+        if let Some(aio) = self.aio.as_mut() {
+            aio.ring.complete(&mut done);
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.finish_all(done)?;
+        self.notify_if_needed()
+    }
+
+    fn notify_if_needed(&mut self) -> Result<(), VirtioError> {
+        let mem = self.mem.clone();
+        if self
+            .queue
+            .needs_notification(&mem)
+            .map_err(|source| VirtioError::Queue { queue: 0, source })?
+        {
+            self.interrupt.notify_queue(0);
+        }
+        Ok(())
+    }
+
+    /// Executes one request; returns the number of bytes written into the chain, or `None` when
+    /// the request went to the ring (it completes in [`BlockWorker::finish_all`]).
     fn request(
         &mut self,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    ) -> Result<u32, VirtioError> {
+    ) -> Result<Option<u32>, VirtioError> {
+        let head = chain.head_index();
         let mut readable = Vec::new();
         let mut writable = Vec::new();
         for d in chain {
@@ -532,6 +746,24 @@ impl BlockWorker {
         let sector = u64::from_le_bytes([
             hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
         ]);
+        if self.aio.is_some() {
+            let size = self.media.size.load(Ordering::SeqCst);
+            let (kind, segs) = match rtype {
+                T_IN => (Some(AioKind::Read), writable.clone()),
+                T_OUT if !self.read_only => (Some(AioKind::Write), readable.clone()),
+                T_FLUSH if !self.read_only => (Some(AioKind::Flush), Vec::new()),
+                _ => (None, Vec::new()),
+            };
+            let len = seg_len(&segs);
+            let in_range = sector
+                .checked_mul(SECTOR)
+                .filter(|&off| len <= MAX_DATA && rxen_block::check_range(size, off, len).is_ok());
+            if let (Some(kind), Some(off)) = (kind, in_range) {
+                if self.submit_async(kind, head, status_addr, off, segs)? {
+                    return Ok(None);
+                }
+            }
+        }
         let mut written = 0u64;
         let media = self.media.clone();
         let mut m = media.lock();
@@ -626,7 +858,7 @@ impl BlockWorker {
         self.mem
             .write_obj(status, GuestAddress(status_addr))
             .map_err(|e| bad(format!("cannot write status: {e}")))?;
-        Ok((written + 1).min(u64::from(u32::MAX)) as u32)
+        Ok(Some((written + 1).min(u64::from(u32::MAX)) as u32))
     }
 
     fn process(&mut self) -> Result<(), VirtioError> {
@@ -643,8 +875,20 @@ impl BlockWorker {
                     }
                 };
                 let head = chain.head_index();
-                let len = self.request(chain)?;
-                self.queue.add_used(&mem, head, len).map_err(qerr)?;
+                if let Some(len) = self.request(chain)? {
+                    self.queue.add_used(&mem, head, len).map_err(qerr)?;
+                }
+            }
+            if let Some(aio) = self.aio.as_mut() {
+                aio.ring.submit().map_err(|source| VirtioError::Io {
+                    what: "io_uring submit",
+                    source,
+                })?;
+                // Reads served from the host page cache complete during the submit: finish
+                // them in this pass, under the same interrupt, instead of after another wake-up.
+                let mut done = Vec::new();
+                aio.ring.complete(&mut done);
+                self.finish_all(done)?;
             }
             if self.queue.needs_notification(&mem).map_err(qerr)? {
                 self.interrupt.notify_queue(0);
@@ -658,11 +902,34 @@ impl BlockWorker {
 
 impl WorkerHandler for BlockWorker {
     fn fds(&self) -> Vec<(RawFd, u64)> {
-        vec![(self.evt.as_raw_fd(), 0)]
+        let mut fds = vec![(self.evt.as_raw_fd(), 0)];
+        if let Some(aio) = &self.aio {
+            fds.push((aio.ring.eventfd(), AIO_TOKEN));
+        }
+        fds
     }
-    fn handle(&mut self, _ctx: &WorkerContext<'_>, _token: u64) -> Result<(), VirtioError> {
+    fn handle(&mut self, _ctx: &WorkerContext<'_>, token: u64) -> Result<(), VirtioError> {
+        if token == AIO_TOKEN {
+            return self.reap_async();
+        }
         let _ = self.evt.read();
         self.process()
+    }
+}
+
+impl Drop for BlockWorker {
+    /// Completes every request still in flight before the worker goes (device reset, snapshot,
+    /// VMM exit), so that every chain taken from the ring is in the used ring.
+    fn drop(&mut self) {
+        let mut guard = 0;
+        while self.aio.as_ref().is_some_and(|a| a.ring.in_flight() > 0) && guard < 1 << 16 {
+            guard += 1;
+            if let Err(e) = self.wait_async() {
+                tracing::error!("virtio-blk: draining requests in flight: {e}");
+                break;
+            }
+        }
+        let _ = self.notify_if_needed();
     }
 }
 
