@@ -56,6 +56,46 @@ fn host_rates(p: &Path, mib: u64) -> (f64, f64) {
     (seq, n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Host commands run on drop, in reverse order.
+#[derive(Default)]
+struct Undo(Vec<String>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new("sh").args(["-c", c]).output();
+        }
+    }
+}
+
+/// `/dev/mapper/rxen-bench-slow-<pid>`: a sparse 64 MiB image on a loop device behind dm-delay
+/// (reads delayed 2 ms), or None (with the reason printed) when it cannot be set up.
+fn slow_disk(dir: &Path, undo: &mut Undo) -> Option<std::path::PathBuf> {
+    let img = dir.join("slow.raw");
+    let name = format!("rxen-bench-slow-{}", std::process::id());
+    let run = |c: &str| {
+        let o = Command::new("sh").args(["-c", c]).output().ok()?;
+        if o.status.success() {
+            Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            eprintln!(
+                "slow disk skipped: `{c}`: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+    };
+    run("modprobe dm-delay")?;
+    run(&format!("truncate -s 64M {}", img.display()))?;
+    let dev = run(&format!("losetup -f --show {}", img.display()))?;
+    undo.0.push(format!("losetup -d {dev}"));
+    run(&format!(
+        "echo \"0 $(blockdev --getsz {dev}) delay {dev} 0 2\" | dmsetup create {name}"
+    ))?;
+    undo.0.push(format!("dmsetup remove {name}"));
+    Some(format!("/dev/mapper/{name}").into())
+}
+
 /// Seconds the guest spends on `cmd`, or why it could not be measured (a VMM that takes over
 /// `RXEN_BENCH_STEP_SECS`, default 300, for one step is reported and skipped, not waited for).
 fn guest_secs(g: &mut Guest, cmd: &str) -> Result<f64, String> {
@@ -128,6 +168,15 @@ fn benchmark_storage_throughput() {
     let (host_seq, host_rand) = host_rates(&raw, mib);
     let n1 = (mib * 256).min(4096);
     let n8 = (mib * 256).min(8192);
+    // A disk with latency: a 64 MiB image behind dm-delay (2 ms per read), the case where
+    // requests in flight overlap. Optional: skipped when dm-delay cannot be set up.
+    let mut undo = Undo::default();
+    let slow = slow_disk(dir.path(), &mut undo);
+    // (label, guest device, image MiB, QD1 reads, QD8 reads)
+    let mut targets = vec![("raw", "vda", mib, n1, n8), ("qcow2", "vdb", mib, n1, n8)];
+    if slow.is_some() {
+        targets.push(("raw, dm-delay 2 ms", "vdd", 64, 500, 2000));
+    }
 
     // (VMM, format, sequential MB/s, random 4k IOPS at depth 1, at depth 8)
     let mut rows: Vec<(&str, &str, f64, f64, f64)> = vec![];
@@ -137,7 +186,7 @@ fn benchmark_storage_throughput() {
         ("qemu -M pc", Vmm::QemuPc),
     ] {
         // Per format: sequential MB/s, QD1 IOPS, QD8 IOPS of each round.
-        let mut res: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); 2];
+        let mut res: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); targets.len()];
         // A guest that hangs or dies mid-run (seen with QEMU on the nested test host) is booted
         // again and the run goes on where it stopped, at most 3 boots per VMM.
         for boot in 0..3 {
@@ -150,10 +199,13 @@ fn benchmark_storage_throughput() {
             if name.ends_with("sync") {
                 cmd.env("RXEN_DISK_AIO", "sync");
             }
-            let disks = [(&raw, "raw"), (&q, "qcow2"), (&tools, "raw")];
+            let mut disks = vec![(&raw, "raw"), (&q, "qcow2"), (&tools, "raw")];
+            if let Some(p) = &slow {
+                disks.push((p, "raw"));
+            }
             match vmm {
                 Vmm::Rxen => {
-                    for (p, f) in disks {
+                    for &(p, f) in &disks {
                         cmd.arg("--disk")
                             .arg(format!("path={},ro,format={f}", p.display()));
                     }
@@ -186,7 +238,7 @@ fn benchmark_storage_throughput() {
                 eprintln!("{name}: cannot install randread: {e}");
                 continue;
             }
-            'disks: for (k, (fmt, dev)) in [("raw", "vda"), ("qcow2", "vdb")].iter().enumerate() {
+            'disks: for (k, &(fmt, dev, mib, n1, n8)) in targets.iter().enumerate() {
                 while res[k].0.len() < iters {
                     let i = res[k].0.len();
                     let steps = [
@@ -196,6 +248,8 @@ fn benchmark_storage_throughput() {
                     ];
                     let mut secs = vec![];
                     for s in &steps {
+                        // Nothing of the slow disk may come from the test host's page cache.
+                        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
                         match guest_secs(&mut g, s) {
                             Ok(t) => secs.push(t),
                             Err(e) => {
@@ -220,7 +274,7 @@ fn benchmark_storage_throughput() {
             let _ = g.send("poweroff -f");
             let _ = g.wait_exit(Duration::from_secs(60));
         }
-        for (k, fmt) in ["raw", "qcow2"].into_iter().enumerate() {
+        for (k, &(fmt, ..)) in targets.iter().enumerate() {
             let (seq, r1, r8) = &mut res[k];
             if seq.is_empty() {
                 continue;
