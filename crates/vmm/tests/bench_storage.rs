@@ -85,7 +85,7 @@ fn slow_disk(dir: &Path, undo: &mut Undo) -> Option<std::path::PathBuf> {
             None
         }
     };
-    run("modprobe dm-delay")?;
+    run("modprobe dm-delay && modprobe loop")?;
     run(&format!("truncate -s 64M {}", img.display()))?;
     let dev = run(&format!("losetup -f --show {}", img.display()))?;
     undo.0.push(format!("losetup -d {dev}"));
