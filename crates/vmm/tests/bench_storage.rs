@@ -10,7 +10,7 @@
 //!   (queue depth 1) and from 8 processes (8 requests in flight). The host file is in RAM, so
 //!   these measure the per-request cost of each VMM's device path.
 //!
-//! rxen runs twice: with io_uring (its default on raw images) and with `RXEN_DISK_AIO=sync`.
+//! rxen runs twice: with io_uring (`RXEN_DISK_AIO=uring`) and with its default synchronous path.
 //!
 //! Times come from the guest's `/proc/uptime` (10 ms resolution; runs last seconds).
 
@@ -196,9 +196,14 @@ fn benchmark_storage_throughput() {
             let mut spec = BootSpec::initramfs(&assets);
             spec.cmdline.push_str(" rxen.console=ttyS0");
             let mut cmd = spec.command(&vmm);
-            if name.ends_with("sync") {
-                cmd.env("RXEN_DISK_AIO", "sync");
-            }
+            cmd.env(
+                "RXEN_DISK_AIO",
+                if name.ends_with("sync") {
+                    "sync"
+                } else {
+                    "uring"
+                },
+            );
             let mut disks = vec![(&raw, "raw"), (&q, "qcow2"), (&tools, "raw")];
             if let Some(p) = &slow {
                 disks.push((p, "raw"));

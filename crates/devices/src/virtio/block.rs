@@ -1,11 +1,11 @@
 //! virtio-blk over an `rxen-block` disk backend (raw file, block device, qcow2).
 //!
-//! Requests are served by the device's worker thread. On raw images and block devices, reads,
-//! writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest queued
+//! Requests are served by the device's worker thread. With io_uring enabled
+//! (`RXEN_DISK_AIO=uring`; off by default, see docs/storage.md), on raw images and block devices
+//! reads, writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest queued
 //! is submitted in one batch and completes when the kernel is done, in any order, with data moving
 //! straight between the file and guest RAM. Other requests (qcow2, discard, write-zeroes, GET_ID,
-//! removable media, or when io_uring is unavailable or `RXEN_DISK_AIO=sync`) are served on the
-//! worker thread with vectored system calls, one at a time. `VIRTIO_BLK_T_FLUSH` completes only
+//! removable media, or when io_uring is off or unavailable) are served on the worker thread with vectored system calls, one at a time. `VIRTIO_BLK_T_FLUSH` completes only
 //! after the backend's flush (`fdatasync`, or qcow2 metadata write-out + `fsync`; on io_uring a
 //! drained `fdatasync` that starts after every earlier request completed) returned, so a guest
 //! `fsync` is durable on the host when the guest sees it complete.
@@ -229,6 +229,8 @@ pub struct Block {
     id: [u8; ID_LEN],
     index: usize,
     worker: Option<Worker>,
+    /// io_uring on or off regardless of `RXEN_DISK_AIO` (tests).
+    force_aio: Option<bool>,
 }
 
 impl Block {
@@ -314,6 +316,7 @@ impl Block {
             id: idb,
             index,
             worker: None,
+            force_aio: None,
         }
     }
 
@@ -327,10 +330,20 @@ impl Block {
         self.removable
     }
 
+    /// Serves this disk's reads, writes and flushes through io_uring (when its medium allows),
+    /// whatever `RXEN_DISK_AIO` says.
+    pub fn set_async_io(&mut self, on: bool) {
+        self.force_aio = Some(on);
+    }
+
     /// An io_uring on the medium's descriptor, when it has one (raw images, block devices), the
-    /// medium is fixed and `RXEN_DISK_AIO` is not `sync`.
+    /// medium is fixed and io_uring is asked for (`RXEN_DISK_AIO=uring`, or
+    /// [`Block::set_async_io`]). Off by default: see docs/storage.md.
     fn async_io(&self) -> Option<Aio> {
-        if self.removable || std::env::var_os("RXEN_DISK_AIO").is_some_and(|v| v == "sync") {
+        let wanted = self
+            .force_aio
+            .unwrap_or_else(|| std::env::var_os("RXEN_DISK_AIO").is_some_and(|v| v == "uring"));
+        if self.removable || !wanted {
             return None;
         }
         let m = self.media.lock();
@@ -523,6 +536,20 @@ fn seg_len(segs: &[Seg]) -> u64 {
     segs.iter().map(|s| s.len).sum()
 }
 
+/// Marks `segs` dirty in the guest memory's bitmap: the host kernel wrote them through the
+/// VMM's mapping (a disk read), which KVM's dirty log does not see, and a live migration must
+/// send them again.
+fn mark_dirty(mem: &GuestMemoryMmap, segs: &[Seg]) {
+    use vm_memory::bitmap::Bitmap;
+    for s in segs {
+        for slice in
+            GuestMemoryBackend::get_slices(mem, GuestAddress(s.addr), s.len as usize).flatten()
+        {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+    }
+}
+
 /// Host buffers over the guest memory of `segs`.
 fn iobufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Seg]) -> Result<Vec<IoBuf<'m>>, VirtioError> {
     let mut bufs = Vec::with_capacity(segs.len());
@@ -649,6 +676,9 @@ impl BlockWorker {
                 }
                 (kind, Ok(n)) => {
                     let write = kind == AioKind::Write;
+                    if !write {
+                        mark_dirty(&self.mem, &p.segs);
+                    }
                     // A short transfer (a file that shrank, a partial write): the synchronous
                     // path finishes it with the backend's own rules (zeros past the end).
                     let ok = n as u64 == len || self.sync_rw(write, p.offset, &p.segs)?;
@@ -782,6 +812,7 @@ impl BlockWorker {
                         let bufs = self.iobufs(&writable)?;
                         match b.read(off, &bufs) {
                             Ok(()) => {
+                                mark_dirty(&self.mem, &writable);
                                 written = len;
                                 media.stats.done(false, len);
                                 S_OK

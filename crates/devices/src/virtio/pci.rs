@@ -984,7 +984,7 @@ mod snapshot_tests {
             let path = dir.path().join("disk.raw");
             let img: Vec<u8> = (0..256 * 4096u32).map(|i| (i / 4096) as u8).collect();
             std::fs::write(&path, img).unwrap();
-            let blk = crate::virtio::block::Block::from_config(
+            let mut blk = crate::virtio::block::Block::from_config(
                 &crate::virtio::block::BlockConfig {
                     path: Some(path.clone()),
                     spec: Some(spec.into()),
@@ -993,6 +993,7 @@ mod snapshot_tests {
                 0,
             )
             .unwrap();
+            blk.set_async_io(true);
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
             let mut d = VirtioPciDevice::new(
                 Box::new(blk),
