@@ -172,7 +172,7 @@ fn e2e_migrate_save_restore_keeps_the_guest_running() {
     let cfg = host.write_cfg(
         "mig",
         &format!(
-            "disk = [ '{},raw,xvda,w' ]\nvif = [ 'mac=00:16:3e:5e:00:21, bridge={br}' ]",
+            "vcpus = 1\ndisk = [ '{},raw,xvda,w' ]\nvif = [ 'mac=00:16:3e:5e:00:21, bridge={br}' ]",
             disk.display()
         ),
         &assets,
@@ -392,7 +392,8 @@ fn e2e_migrate_live_between_two_hosts() {
         .unwrap();
     let cfg = a.write_cfg(
         "live",
-        &format!("disk = [ '{},raw,xvda,w' ]", disk.display()),
+        // One vCPU: see e2e_xl_image.rs and docs/testing.md on two-vCPU guests in the test host.
+        &format!("vcpus = 1\ndisk = [ '{},raw,xvda,w' ]", disk.display()),
         &assets,
     );
 

@@ -79,14 +79,23 @@ impl Host {
             .join(format!("var/log/xen/console/guest-{name}.log"))
     }
 
+    /// A guest config on the test assets: 256 MiB, 2 vCPUs unless `extra_keys` sets `vcpus`.
     pub fn write_cfg(&self, name: &str, extra_keys: &str, a: &Assets) -> PathBuf {
         let p = self.root.join(format!("{name}.cfg"));
+        let vcpus = if extra_keys
+            .lines()
+            .any(|l| l.trim_start().starts_with("vcpus"))
+        {
+            ""
+        } else {
+            "vcpus = 2\n"
+        };
         std::fs::write(
             &p,
             format!(
                 "name = \"{name}\"\nkernel = \"{}\"\nramdisk = \"{}\"\n\
                  extra = \"console=hvc0 quiet rxen.console=hvc0\"\n\
-                 memory = 256\nvcpus = 2\n{extra_keys}\n",
+                 memory = 256\n{vcpus}{extra_keys}\n",
                 a.bzimage.display(),
                 a.initramfs.display()
             ),
