@@ -2,13 +2,14 @@
 //!
 //! Requests are served by the device's worker thread. With io_uring enabled
 //! (`RXEN_DISK_AIO=uring`; off by default, see docs/storage.md), on raw images and block devices
-//! reads, writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest queued
-//! is submitted in one batch and completes when the kernel is done, in any order, with data moving
-//! straight between the file and guest RAM. Other requests (qcow2, discard, write-zeroes, GET_ID,
-//! removable media, or when io_uring is off or unavailable) are served on the worker thread with vectored system calls, one at a time. `VIRTIO_BLK_T_FLUSH` completes only
-//! after the backend's flush (`fdatasync`, or qcow2 metadata write-out + `fsync`; on io_uring a
-//! drained `fdatasync` that starts after every earlier request completed) returned, so a guest
-//! `fsync` is durable on the host when the guest sees it complete.
+//! reads, writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest
+//! queued is submitted in one batch and completes when the kernel is done, in any order, with data
+//! moving straight between the file and guest RAM. Other requests (qcow2, discard, write-zeroes,
+//! GET_ID, removable media, or when io_uring is off or unavailable) are served on the worker thread
+//! with vectored system calls, one at a time. `VIRTIO_BLK_T_FLUSH` completes only after the
+//! backend's flush (`fdatasync`, or qcow2 metadata write-out + `fsync`; on io_uring a drained
+//! `fdatasync` that starts after every earlier request completed) returned, so a guest `fsync` is
+//! durable on the host when the guest sees it complete.
 //!
 //! When the worker stops (device reset, or a snapshot quiescing the device) it first waits for
 //! every request in flight and completes it, so every chain taken from the ring is in the used
