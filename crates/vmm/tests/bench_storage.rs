@@ -10,7 +10,8 @@
 //!   (queue depth 1) and from 8 processes (8 requests in flight). The host file is in RAM, so
 //!   these measure the per-request cost of each VMM's device path.
 //!
-//! rxen runs twice: with io_uring (`RXEN_DISK_AIO=uring`) and with its default synchronous path.
+//! rxen runs twice: with io_uring (its default, `RXEN_DISK_AIO=uring`) and with its synchronous path
+//! (`RXEN_DISK_AIO=sync`).
 //!
 //! Times come from the guest's `/proc/uptime` (10 ms resolution; runs last seconds).
 

@@ -1,7 +1,7 @@
 //! virtio-blk over an `rxen-block` disk backend (raw file, block device, qcow2).
 //!
-//! Requests are served by the device's worker thread. With io_uring enabled
-//! (`RXEN_DISK_AIO=uring`; off by default, see docs/storage.md), on raw images and block devices
+//! Requests are served by the device's worker thread. With io_uring (the default where the kernel
+//! has it; `RXEN_DISK_AIO=sync` turns it off, see docs/storage.md), on raw images and block devices
 //! reads, writes and flushes go to an io_uring ([`rxen_block::uring`]): every request the guest
 //! queued is submitted in one batch and completes when the kernel is done, in any order, with data
 //! moving straight between the file and guest RAM. Other requests (qcow2, discard, write-zeroes,
@@ -338,12 +338,12 @@ impl Block {
     }
 
     /// An io_uring on the medium's descriptor, when it has one (raw images, block devices), the
-    /// medium is fixed and io_uring is asked for (`RXEN_DISK_AIO=uring`, or
-    /// [`Block::set_async_io`]). Off by default: see docs/storage.md.
+    /// medium is fixed and io_uring is not turned off (`RXEN_DISK_AIO=sync`, or
+    /// [`Block::set_async_io`]). On by default: see docs/storage.md.
     fn async_io(&self) -> Option<Aio> {
         let wanted = self
             .force_aio
-            .unwrap_or_else(|| std::env::var_os("RXEN_DISK_AIO").is_some_and(|v| v == "uring"));
+            .unwrap_or_else(|| std::env::var_os("RXEN_DISK_AIO").is_none_or(|v| v != "sync"));
         if self.removable || !wanted {
             return None;
         }

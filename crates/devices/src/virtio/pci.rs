@@ -979,7 +979,8 @@ mod snapshot_tests {
     const DATA: u64 = 0x100000;
 
     impl BlkRig {
-        fn new(spec: &str) -> Self {
+        /// A disk served through io_uring (`aio`) or the synchronous path.
+        fn new(spec: &str, aio: bool) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("disk.raw");
             let img: Vec<u8> = (0..256 * 4096u32).map(|i| (i / 4096) as u8).collect();
@@ -993,7 +994,7 @@ mod snapshot_tests {
                 0,
             )
             .unwrap();
-            blk.set_async_io(true);
+            blk.set_async_io(aio);
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
             let mut d = VirtioPciDevice::new(
                 Box::new(blk),
@@ -1106,7 +1107,16 @@ mod snapshot_tests {
 
     #[test]
     fn virtio_blk_serves_a_ring_of_requests_in_flight_and_drains_them_on_quiesce() {
-        let mut r = BlkRig::new("aio-rig");
+        ring_of_requests(true);
+    }
+
+    #[test]
+    fn virtio_blk_synchronous_path_serves_the_same_ring() {
+        ring_of_requests(false);
+    }
+
+    fn ring_of_requests(aio: bool) {
+        let mut r = BlkRig::new("aio-rig", aio);
         // 40 reads in one kick: block 2i+1 into data page i.
         for i in 0..40u16 {
             r.post(
@@ -1199,7 +1209,16 @@ mod snapshot_tests {
 
     #[test]
     fn virtio_blk_request_with_a_buffer_outside_ram_resets_the_device_only() {
-        let mut r = BlkRig::new("aio-hostile");
+        hostile_buffer(true);
+    }
+
+    #[test]
+    fn virtio_blk_synchronous_path_resets_the_device_only_on_a_buffer_outside_ram() {
+        hostile_buffer(false);
+    }
+
+    fn hostile_buffer(aio: bool) {
+        let mut r = BlkRig::new("aio-hostile", aio);
         r.post(0, 0, 0, Some((DATA, false)));
         r.post(1, 0, 8, Some(((4 << 20) - 100, false)));
         r.kick();
