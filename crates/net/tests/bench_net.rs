@@ -13,33 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rxen_testkit::{require_linux_kvm, Assets, BootSpec, Guest, Vmm};
-
-fn sh(script: &str) {
-    let o = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "`{script}`: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Host commands run on drop (reverse order).
-#[derive(Default)]
-struct Undo(Vec<String>);
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).output();
-        }
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
+use rxen_testkit::{host_sh as sh, median, require_linux_kvm, Assets, BootSpec, Guest, Undo, Vmm};
 
 fn g_ok(g: &mut Guest, script: &str) -> String {
     let o = g
@@ -149,12 +123,12 @@ fn benchmark_net_tcp_throughput() {
     let tag = std::process::id() % 10000;
     let (br, tap) = (format!("bbr{tag}"), format!("btap{tag}"));
     let mut undo = Undo::default();
-    undo.0.push(format!("ip link del {br}"));
+    undo.push(format!("ip link del {br}"));
     sh(&format!(
         "ip link add {br} type bridge forward_delay 0 stp_state 0 && \
          ip addr add 10.98.0.1/24 dev {br} && ip link set {br} up"
     ));
-    undo.0.push(format!("ip link del {tap}"));
+    undo.push(format!("ip link del {tap}"));
 
     let _ = Command::new("modprobe").arg("vhost_net").output();
     let mut vmms: Vec<(&str, Option<Vmm>)> = vec![

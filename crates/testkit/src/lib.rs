@@ -19,7 +19,7 @@ mod vmm;
 
 pub use assets::{linux_kvm_available, repo_root, require_linux_kvm, Assets};
 pub use guest::{CmdOutput, Guest};
-pub use tools::require_tool;
+pub use tools::{host_sh, median, require_tool, Undo};
 pub use vmm::{BootSpec, Vmm};
 
 /// Errors of the harness.

@@ -32,3 +32,42 @@ pub fn require_tool(tool: &str, apt_package: &str) -> bool {
          (or set RXEN_SKIP_MISSING_TOOLS=1 to skip)"
     );
 }
+
+/// Runs `script` with `sh -c` on the host and panics with its stderr if it fails.
+pub fn host_sh(script: &str) {
+    let o = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("`{script}`: cannot run sh: {e}"));
+    assert!(
+        o.status.success(),
+        "`{script}`: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Host commands (`sh -c`) run when this is dropped, last pushed first: the clean-up of what a
+/// test or benchmark set up on the host (bridges, taps, loop devices), run even when it panics.
+#[derive(Default)]
+pub struct Undo(Vec<String>);
+
+impl Undo {
+    /// Adds a clean-up command; it runs before every command pushed earlier.
+    pub fn push(&mut self, cmd: impl Into<String>) {
+        self.0.push(cmd.into());
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new("sh").args(["-c", c]).output();
+        }
+    }
+}
+
+/// The median of `v` (sorted in place; the upper one of the middle two for an even length).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

@@ -21,21 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rxen_testkit::{require_linux_kvm, Assets, BootSpec, Guest, Vmm};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn sh(script: &str) {
-    let o = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use rxen_testkit::{host_sh as sh, median, require_linux_kvm, Assets, BootSpec, Guest, Undo, Vmm};
 
 /// Host baseline: MB/s reading the file sequentially (1 MiB), and random 4 KiB reads per second.
 fn host_rates(p: &Path, mib: u64) -> (f64, f64) {
@@ -55,18 +41,6 @@ fn host_rates(p: &Path, mib: u64) -> (f64, f64) {
             .unwrap();
     }
     (seq, n as f64 / t.elapsed().as_secs_f64())
-}
-
-/// Host commands run on drop, in reverse order.
-#[derive(Default)]
-struct Undo(Vec<String>);
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).output();
-        }
-    }
 }
 
 /// `/dev/mapper/rxen-bench-slow-<pid>`: a sparse 64 MiB image on a loop device behind dm-delay
@@ -89,11 +63,11 @@ fn slow_disk(dir: &Path, undo: &mut Undo) -> Option<std::path::PathBuf> {
     run("modprobe dm-delay && modprobe loop")?;
     run(&format!("truncate -s 64M {}", img.display()))?;
     let dev = run(&format!("losetup -f --show {}", img.display()))?;
-    undo.0.push(format!("losetup -d {dev}"));
+    undo.push(format!("losetup -d {dev}"));
     run(&format!(
         "echo \"0 $(blockdev --getsz {dev}) delay {dev} 0 2\" | dmsetup create {name}"
     ))?;
-    undo.0.push(format!("dmsetup remove {name}"));
+    undo.push(format!("dmsetup remove {name}"));
     Some(format!("/dev/mapper/{name}").into())
 }
 
