@@ -4,15 +4,21 @@
 //! header: the guest may send unchecksummed TSO frames of up to 64 KiB (the host kernel
 //! segments them, or forwards them whole over a bridge), and the tap hands the guest such
 //! frames when the guest accepted `GUEST_TSO*` (the tap's offloads follow the features the
-//! driver acked). Without mergeable rx buffers, a guest that accepts large frames posts
-//! "big" receive buffers (one chain per frame, indirect descriptors).
+//! driver acked). With mergeable receive buffers (`VIRTIO_NET_F_MRG_RXBUF`, what Linux picks when
+//! offered) a frame is spread over as many guest buffers as it needs, `num_buffers` in its header
+//! says how many, and all of them are published to the used ring at once (the driver takes the
+//! count on trust). Without it, a guest that accepts large frames posts "big" receive buffers
+//! (one chain per frame, indirect descriptors).
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::num::Wrapping;
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::VNET_HDR_LEN;
@@ -37,7 +43,9 @@ const F_GUEST_ECN: u64 = 1 << 9;
 const F_HOST_TSO4: u64 = 1 << 11;
 const F_HOST_TSO6: u64 = 1 << 12;
 const F_HOST_ECN: u64 = 1 << 13;
-/// Features offered: MAC, checksum and TSO offloads both ways, EVENT_IDX, indirect descriptors.
+const F_MRG_RXBUF: u64 = 1 << 15;
+/// Features offered: MAC, checksum and TSO offloads both ways, mergeable receive buffers,
+/// EVENT_IDX, indirect descriptors.
 const FEATURES: u64 = F_CSUM
     | F_GUEST_CSUM
     | F_MAC
@@ -47,6 +55,7 @@ const FEATURES: u64 = F_CSUM
     | F_HOST_TSO4
     | F_HOST_TSO6
     | F_HOST_ECN
+    | F_MRG_RXBUF
     | F_EVENT_IDX
     | F_INDIRECT_DESC;
 /// Largest frame plus header we move: a 64 KiB GSO frame, its headers and the vnet header.
@@ -76,12 +85,20 @@ fn tap_offloads(acked: u64) -> libc::c_ulong {
     f
 }
 
+/// Sets the tap's offloads. A packet descriptor that is not a tap (a `SOCK_SEQPACKET` socket to a
+/// user-space switch, or a test's peer: frames with the virtio-net header, one per message) has
+/// no offloads to set and is accepted as is.
 fn set_tap_offloads(tap: &File, flags: libc::c_ulong) -> Result<(), VirtioError> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
     if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD, flags) } < 0 {
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::ENOTTY) {
+            tracing::debug!("virtio-net: not a tap, no offloads to set");
+            return Ok(());
+        }
         return Err(VirtioError::Io {
             what: "TUNSETOFFLOAD",
-            source: std::io::Error::last_os_error(),
+            source,
         });
     }
     Ok(())
@@ -134,8 +151,12 @@ impl VirtioDevice for Net {
             source,
         })?;
         set_tap_offloads(&tap, tap_offloads(ctx.acked_features))?;
+        let rx_signalled = Wrapping(rxq.next_used());
         let handler = NetWorker {
             mem: ctx.mem,
+            mergeable: ctx.acked_features & F_MRG_RXBUF != 0,
+            rx_signalled,
+            rx_done: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             rxq,
             txq,
             rx_evt,
@@ -159,6 +180,12 @@ impl VirtioDevice for Net {
 
 struct NetWorker {
     mem: GuestMemoryMmap,
+    /// The driver acked `VIRTIO_NET_F_MRG_RXBUF`.
+    mergeable: bool,
+    /// The receive queue's used index when the driver's `used_event` was last checked.
+    rx_signalled: Wrapping<u16>,
+    /// (head, length) of the buffers that hold the frame being received.
+    rx_done: Vec<(u16, u32)>,
     rxq: Queue,
     txq: Queue,
     rx_evt: EventFd,
@@ -219,14 +246,72 @@ impl NetWorker {
         }
     }
 
+    /// The next available receive chain, re-enabling the driver's notifications (and looking
+    /// again) when there is none, so that the guest's next buffers wake the worker.
+    fn next_rx_chain<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+    ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, VirtioError> {
+        let qerr = |source| VirtioError::Queue { queue: RX, source };
+        if let Some(c) = self.rxq.iter(mem).map_err(qerr)?.next() {
+            return Ok(Some(c));
+        }
+        if self.rxq.enable_notification(mem).map_err(qerr)? {
+            // Buffers arrived while notifications were being re-enabled.
+            return Ok(self.rxq.iter(mem).map_err(qerr)?.next());
+        }
+        Ok(None)
+    }
+
+    /// Puts `rx_done` in the used ring with one index update, so the driver never sees part of
+    /// a frame's buffers, then interrupts the guest if its `used_event` asks for it.
+    fn publish_rx(&mut self, mem: &GuestMemoryMmap) -> Result<(), VirtioError> {
+        let used = GuestAddress(self.rxq.used_ring());
+        let size = self.rxq.size();
+        let mut idx = Wrapping(self.rxq.next_used());
+        let gone = |e| bad(RX, format!("used ring outside guest memory: {e}"));
+        for &(head, len) in &self.rx_done {
+            let slot = u64::from(idx.0 % size);
+            let elem = (u64::from(len) << 32) | u64::from(head);
+            mem.write_obj(elem.to_le(), used.unchecked_add(4 + slot * 8))
+                .map_err(gone)?;
+            idx += Wrapping(1);
+        }
+        self.rx_done.clear();
+        self.rxq.set_next_used(idx.0);
+        mem.store(idx.0.to_le(), used.unchecked_add(2), Ordering::Release)
+            .map_err(gone)?;
+        // The index store must be visible before the driver's used_event is read.
+        fence(Ordering::SeqCst);
+        let notify = if self.rxq.event_idx_enabled() {
+            let avail = GuestAddress(self.rxq.avail_ring());
+            let event: u16 = mem
+                .load(
+                    avail.unchecked_add(4 + 2 * u64::from(size)),
+                    Ordering::Acquire,
+                )
+                .map(u16::from_le)
+                .map_err(|e| bad(RX, format!("used_event outside guest memory: {e}")))?;
+            let old = self.rx_signalled;
+            (idx - Wrapping(event) - Wrapping(1)) < (idx - old)
+        } else {
+            true
+        };
+        self.rx_signalled = idx;
+        // Per frame, not per batch: a guest that is not polling hears of each frame as it lands
+        // (TCP's ACK clock); one that is polling has suppressed the interrupt through EVENT_IDX.
+        if notify {
+            self.interrupt.notify_queue(RX);
+        }
+        Ok(())
+    }
+
     /// Moves packets from the tap to the guest while both have some.
     fn receive(&mut self, ctx: &WorkerContext<'_>) -> Result<(), VirtioError> {
         if !self.rxq.ready() {
             return Ok(());
         }
-        let qerr = |source| VirtioError::Queue { queue: RX, source };
         let mem = self.mem.clone();
-        let mut used = false;
         loop {
             let n = match self.rx_pending.take() {
                 Some(n) => n,
@@ -239,41 +324,61 @@ impl NetWorker {
                     }
                 },
             };
-            let mut chain = {
-                let mut iter = self.rxq.iter(&mem).map_err(qerr)?;
-                iter.next()
-            };
-            if chain.is_none() && self.rxq.enable_notification(&mem).map_err(qerr)? {
-                // Buffers arrived while notifications were being re-enabled.
-                let mut iter = self.rxq.iter(&mem).map_err(qerr)?;
-                chain = iter.next();
+            if n < VNET_HDR_LEN {
+                continue;
             }
-            let Some(chain) = chain else {
-                // No guest buffer: keep the packet and stop polling the tap until the guest adds
-                // some (its notification is enabled above).
+            // The guest buffers the frame goes to: one chain, or with mergeable buffers as many
+            // as it takes.
+            let start = self.rxq.next_avail();
+            let mut bufs = Vec::new();
+            let mut room = 0usize;
+            while room < n {
+                let Some(chain) = self.next_rx_chain(&mem)? else {
+                    break;
+                };
+                let head = chain.head_index();
+                let w = chain
+                    .writer(&mem)
+                    .map_err(|e| bad(RX, format!("unwritable buffer: {e}")))?;
+                room += w.available_bytes();
+                bufs.push((head, w));
+                if !self.mergeable || bufs.len() >= usize::from(self.rxq.size()) {
+                    break;
+                }
+            }
+            if bufs.is_empty()
+                || (self.mergeable && room < n && bufs.len() < usize::from(self.rxq.size()))
+            {
+                // Not enough guest buffers yet: give back the ones taken, keep the frame and stop
+                // polling the tap until the guest adds some (its notification is enabled).
+                self.rxq.set_next_avail(start);
                 self.rx_pending = Some(n);
                 break;
-            };
-            let head = chain.head_index();
-            let mut w = chain
-                .writer(&mem)
-                .map_err(|e| bad(RX, format!("unwritable buffer: {e}")))?;
-            let len = if w.available_bytes() < n || n < VNET_HDR_LEN {
-                tracing::debug!("virtio-net: rx buffer too small; packet dropped");
-                0
+            }
+            if room < n {
+                // Buffers too small for the frame even all together: the frame is dropped; a
+                // single (non-mergeable) buffer is completed empty, mergeable ones are kept.
+                tracing::debug!("virtio-net: rx buffers too small; packet dropped");
+                if self.mergeable {
+                    self.rxq.set_next_avail(start);
+                    continue;
+                }
+                self.rx_done.push((bufs[0].0, 0));
             } else {
                 let p = &mut self.rx_buf[..n];
-                p[10] = 1; // num_buffers
-                p[11] = 0;
-                w.write_all(p)
-                    .map_err(|e| bad(RX, format!("cannot fill buffer: {e}")))?;
-                n as u32
-            };
-            self.rxq.add_used(&mem, head, len).map_err(qerr)?;
-            used = true;
-        }
-        if used && self.rxq.needs_notification(&mem).map_err(qerr)? {
-            self.interrupt.notify_queue(RX);
+                let count = u16::try_from(bufs.len()).unwrap_or(u16::MAX);
+                p[10..12].copy_from_slice(&count.to_le_bytes()); // num_buffers
+                let mut off = 0;
+                for (head, w) in &mut bufs {
+                    let k = (n - off).min(w.available_bytes());
+                    w.write_all(&p[off..off + k])
+                        .map_err(|e| bad(RX, format!("cannot fill buffer: {e}")))?;
+                    off += k;
+                    self.rx_done.push((*head, k as u32));
+                }
+            }
+            drop(bufs);
+            self.publish_rx(&mem)?;
         }
         let want = self.rx_pending.is_none();
         if want != self.tap_armed {
