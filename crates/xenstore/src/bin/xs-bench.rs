@@ -2,13 +2,28 @@
 //!
 //! ```text
 //! cargo run --release -p rxen-xenstore --bin xs-bench -- [--ops N] [--conns N] [--watchers N]
-//!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist]
+//!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist] [--client raw|lib]
 //! ```
+//! Two clients, used identically for every daemon of a run:
+//!
+//! * `raw` (default): a synchronous wire client — the request is written and its reply read on
+//!   the calling thread, one `write(2)` and usually one `read(2)` per round trip, no locks and no
+//!   allocation per request. The many-connections workload drives every connection from one
+//!   thread with epoll (one request in flight per connection), so the client's own thread
+//!   scheduling does not pile up as latency.
+//! * `lib`: rxen's [`Client`] (what the toolstack uses); the many-connections workload runs one
+//!   thread per connection.
+//!
+//! Watchers of the fan-out workload are raw sockets in both modes.
+//!
 //! The reference daemons are started through `tools/xen-ref/run-reference.sh` (found from the
 //! current directory upwards, or `$RXEN_REPO`). oxenstored's socket is fixed at
-//! `/var/run/xenstored/socket`, so nothing else may be using it during the run.
+//! `/var/run/xenstored/socket`; the run takes the same lock as the differential test
+//! (`/tmp/rxen-oxenstored.lock`) while oxenstored is up.
 
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rxen_xenstore::wire::{join_strings, Header, Message, MsgType};
+use rxen_xenstore::wire::{join_strings, Header, Message, MsgType, HEADER_LEN};
 use rxen_xenstore::{Client, XsOps};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    Raw,
+    Lib,
+}
 
 struct Opts {
     ops: usize,
@@ -26,12 +47,15 @@ struct Opts {
     rounds: usize,
     only: Option<String>,
     persist: bool,
+    client: ClientKind,
 }
 
 struct Proc {
     child: Child,
     name: &'static str,
     socket: PathBuf,
+    /// Held while oxenstored runs (its socket path is shared with other users of this machine).
+    _lock: Option<File>,
 }
 
 impl Drop for Proc {
@@ -90,13 +114,24 @@ fn start_ours(tmp: &Path, persist: bool) -> Result<Proc> {
         child,
         name: "rxen",
         socket,
+        _lock: None,
     })
 }
 
 fn start_ref(kind: &'static str, tmp: &Path) -> Result<Proc> {
     let repo = repo_root().context("tools/xen-ref/run-reference.sh not found (set RXEN_REPO)")?;
     let r = tmp.join(kind);
+    let mut lock = None;
     let socket = if kind == "oxenstored" {
+        let f = File::create("/tmp/rxen-oxenstored.lock")?;
+        // SAFETY: flock on a valid, owned file descriptor; blocks until the lock is ours.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "flock /tmp/rxen-oxenstored.lock: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        lock = Some(f);
         let p = PathBuf::from("/var/run/xenstored/socket");
         if UnixStream::connect(&p).is_ok() {
             bail!("an oxenstored already serves {}", p.display());
@@ -119,6 +154,7 @@ fn start_ref(kind: &'static str, tmp: &Path) -> Result<Proc> {
         child,
         name: kind,
         socket,
+        _lock: lock,
     })
 }
 
@@ -135,13 +171,14 @@ fn start_ceiling(tmp: &Path) -> Result<PathBuf> {
     let watchers: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
+            let Ok(conn) = conn else { break };
             let watchers = watchers.clone();
             std::thread::spawn(move || {
                 let mut out = match conn.try_clone() {
                     Ok(o) => o,
                     Err(_) => return,
                 };
+                let mut conn = BufReader::new(conn);
                 while let Ok(m) = read_msg(&mut conn) {
                     let ty = MsgType::from_u32(m.ty).unwrap_or(MsgType::Error);
                     let reply: Vec<u8> = match ty {
@@ -191,6 +228,218 @@ fn start_ceiling(tmp: &Path) -> Result<PathBuf> {
     Ok(socket)
 }
 
+fn read_msg(s: &mut impl Read) -> Result<Message> {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h)?;
+    let h = Header::decode(&h);
+    let mut p = vec![0u8; h.len as usize];
+    s.read_exact(&mut p)?;
+    if h.ty == MsgType::Error as u32 {
+        bail!("error {}", String::from_utf8_lossy(&p));
+    }
+    Ok(Message {
+        ty: h.ty,
+        req_id: h.req_id,
+        tx_id: h.tx_id,
+        payload: p,
+    })
+}
+
+// ---- the raw wire client ----
+
+/// Input framing shared by the raw client and the epoll driver: bytes read so far, and the
+/// offset of the first unconsumed byte.
+#[derive(Default)]
+struct Frames {
+    buf: Vec<u8>,
+    head: usize,
+    filled: usize,
+}
+
+impl Frames {
+    /// Room for at least one maximal frame after `filled`.
+    fn room(&mut self) -> &mut [u8] {
+        if self.head == self.filled {
+            self.head = 0;
+            self.filled = 0;
+        }
+        const MIN: usize = HEADER_LEN + 4096;
+        if self.buf.len() - self.filled < MIN {
+            self.buf.copy_within(self.head..self.filled, 0);
+            self.filled -= self.head;
+            self.head = 0;
+            if self.buf.len() - self.filled < MIN {
+                self.buf.resize(self.filled + 4 * MIN, 0);
+            }
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// The next complete frame: its header and payload range (in `buf`); consumed.
+    fn next(&mut self) -> Option<(Header, std::ops::Range<usize>)> {
+        let avail = self.filled - self.head;
+        if avail < HEADER_LEN {
+            return None;
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        hb.copy_from_slice(&self.buf[self.head..self.head + HEADER_LEN]);
+        let h = Header::decode(&hb);
+        let total = HEADER_LEN + h.len as usize;
+        if avail < total {
+            return None;
+        }
+        let r = self.head + HEADER_LEN..self.head + total;
+        self.head += total;
+        Some((h, r))
+    }
+}
+
+/// Appends one request frame to `out`.
+fn frame(out: &mut Vec<u8>, ty: MsgType, req_id: u32, tx_id: u32, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let h = Header {
+        ty: ty as u32,
+        req_id,
+        tx_id,
+        len: len as u32,
+    };
+    out.extend_from_slice(&h.encode());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// A synchronous wire client: writes a request and reads its reply on the calling thread.
+struct Raw {
+    s: UnixStream,
+    inp: Frames,
+    out: Vec<u8>,
+    next_id: u32,
+}
+
+/// A reply: `Ok(payload range)` or the daemon's error name.
+type Reply = std::result::Result<std::ops::Range<usize>, String>;
+
+impl Raw {
+    fn connect(p: &Path) -> Result<Raw> {
+        Ok(Raw {
+            s: UnixStream::connect(p)?,
+            inp: Frames::default(),
+            out: Vec::with_capacity(256),
+            next_id: 1,
+        })
+    }
+
+    fn send(&mut self, ty: MsgType, tx: u32, parts: &[&[u8]]) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.out.clear();
+        frame(&mut self.out, ty, id, tx, parts);
+        self.s.write_all(&self.out)?;
+        Ok(id)
+    }
+
+    fn recv(&mut self) -> Result<(Header, std::ops::Range<usize>)> {
+        loop {
+            if let Some(f) = self.inp.next() {
+                return Ok(f);
+            }
+            let n = self.s.read(self.inp.room())?;
+            if n == 0 {
+                bail!("daemon closed the connection");
+            }
+            self.inp.filled += n;
+        }
+    }
+
+    /// One round trip (watch events on this connection are skipped).
+    fn call(&mut self, ty: MsgType, tx: u32, parts: &[&[u8]]) -> Result<Reply> {
+        let id = self.send(ty, tx, parts)?;
+        loop {
+            let (h, r) = self.recv()?;
+            if h.ty == MsgType::WatchEvent as u32 {
+                continue;
+            }
+            if h.req_id != id {
+                bail!("reply for request {} while waiting for {id}", h.req_id);
+            }
+            if h.ty == MsgType::Error as u32 {
+                return Ok(Err(String::from_utf8_lossy(&self.inp.buf[r])
+                    .trim_end_matches('\0')
+                    .to_string()));
+            }
+            if h.ty != ty as u32 {
+                bail!("reply type {} to request type {}", h.ty, ty as u32);
+            }
+            return Ok(Ok(r));
+        }
+    }
+
+    fn ok(&mut self, ty: MsgType, tx: u32, parts: &[&[u8]]) -> Result<std::ops::Range<usize>> {
+        match self.call(ty, tx, parts)? {
+            Ok(r) => Ok(r),
+            Err(e) => bail!("{ty:?}: {e}"),
+        }
+    }
+}
+
+/// The sequential workloads, for either client.
+trait Seq {
+    fn read(&mut self, path: &str) -> Result<()>;
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<()>;
+    /// A transaction reading `rpath` and writing `wpath`, retried on `EAGAIN`.
+    fn tx_rw(&mut self, rpath: &str, wpath: &str, value: &[u8]) -> Result<()>;
+}
+
+impl Seq for Raw {
+    fn read(&mut self, path: &str) -> Result<()> {
+        self.ok(MsgType::Read, 0, &[path.as_bytes(), b"\0"])
+            .map(|_| ())
+    }
+
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<()> {
+        self.ok(MsgType::Write, 0, &[path.as_bytes(), b"\0", value])
+            .map(|_| ())
+    }
+
+    fn tx_rw(&mut self, rpath: &str, wpath: &str, value: &[u8]) -> Result<()> {
+        loop {
+            let r = self.ok(MsgType::TransactionStart, 0, &[b"\0"])?;
+            let tx = self.inp.buf[r]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u32, |a, b| a * 10 + (b - b'0') as u32);
+            self.ok(MsgType::Read, tx, &[rpath.as_bytes(), b"\0"])?;
+            self.ok(MsgType::Write, tx, &[wpath.as_bytes(), b"\0", value])?;
+            match self.call(MsgType::TransactionEnd, tx, &[b"T\0"])? {
+                Ok(_) => return Ok(()),
+                Err(e) if e == "EAGAIN" => continue,
+                Err(e) => bail!("TRANSACTION_END: {e}"),
+            }
+        }
+    }
+}
+
+impl Seq for Client {
+    fn read(&mut self, path: &str) -> Result<()> {
+        XsOps::read(self, path).map(|_| ()).map_err(Into::into)
+    }
+
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<()> {
+        XsOps::write(self, path, value).map_err(Into::into)
+    }
+
+    fn tx_rw(&mut self, rpath: &str, wpath: &str, value: &[u8]) -> Result<()> {
+        self.with_transaction(|t| {
+            let _ = t.read(rpath)?;
+            t.write(wpath, value)
+        })
+        .map_err(Into::into)
+    }
+}
+
+// ---- measurement ----
+
 #[derive(Clone, Debug, Default)]
 struct Stat {
     ops_per_s: f64,
@@ -223,66 +472,123 @@ fn timed(n: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Stat> {
     Ok(stat(lat, n, t0.elapsed()))
 }
 
-fn raw_watch(socket: &Path, path: &str) -> Result<UnixStream> {
-    let mut s = UnixStream::connect(socket)?;
-    s.write_all(&Message::new(MsgType::Watch, 1, 0, join_strings(&[path, "t"])).encode())?;
-    // Reply + initial event, in either order.
-    for _ in 0..2 {
-        read_msg(&mut s)?;
-    }
-    Ok(s)
-}
-
-fn read_msg(s: &mut UnixStream) -> Result<Message> {
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h)?;
-    let h = Header::decode(&h);
-    let mut p = vec![0u8; h.len as usize];
-    s.read_exact(&mut p)?;
-    if h.ty == MsgType::Error as u32 {
-        bail!("error {}", String::from_utf8_lossy(&p));
-    }
-    Ok(Message {
-        ty: h.ty,
-        req_id: h.req_id,
-        tx_id: h.tx_id,
-        payload: p,
-    })
-}
-
-fn bench(socket: &Path, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
-    let mut res = Vec::new();
-    let c = Client::connect(socket)?;
-    c.write("/bench/key", "v1")?;
-    res.push((
-        "read (1 conn)",
-        timed(o.ops, |_| {
-            c.read("/bench/key").map(|_| ()).map_err(Into::into)
-        })?,
-    ));
+fn sequential(c: &mut dyn Seq, o: &Opts, res: &mut Vec<(&'static str, Stat)>) -> Result<()> {
+    c.write("/bench/key", b"v1")?;
+    let wkeys: Vec<String> = (0..512).map(|i| format!("/bench/w/k{i}")).collect();
+    let tkeys: Vec<String> = (0..64).map(|i| format!("/bench/t/k{i}")).collect();
+    res.push(("read (1 conn)", timed(o.ops, |_| c.read("/bench/key"))?));
     res.push((
         "write (1 conn)",
-        timed(o.ops, |i| {
-            c.write(&format!("/bench/w/k{}", i % 512), "value-0123456789")
-                .map_err(Into::into)
-        })?,
+        timed(o.ops, |i| c.write(&wkeys[i % 512], b"value-0123456789"))?,
     ));
     res.push((
         "transaction r+w (1 conn)",
-        timed(o.ops / 4, |i| {
-            c.with_transaction(|t| {
-                let _ = t.read("/bench/key")?;
-                t.write(&format!("/bench/t/k{}", i % 64), "x")
-            })
-            .map_err(Into::into)
-        })?,
+        timed(o.ops / 4, |i| c.tx_rw("/bench/key", &tkeys[i % 64], b"x"))?,
     ));
-    // Many concurrent connections, mixed reads and writes on their own keys.
-    let per = (o.ops / o.conns).max(1);
-    let clients: Vec<Client> = (0..o.conns)
+    Ok(())
+}
+
+/// Many connections, one request in flight on each, all driven from this thread with epoll:
+/// a 3:1 mix of reads of a shared key and writes of the connection's own key.
+fn many_raw(socket: &Path, conns: usize, per: usize) -> Result<Stat> {
+    use mio::{Events, Interest, Poll, Token};
+    struct C {
+        s: mio::net::UnixStream,
+        inp: Frames,
+        out: Vec<u8>,
+        key: Vec<u8>,
+        done: usize,
+        sent: Instant,
+    }
+    fn send(c: &mut C, i: usize) -> Result<()> {
+        c.out.clear();
+        let id = i as u32 + 1;
+        if i % 4 == 0 {
+            let v = i.to_string();
+            frame(
+                &mut c.out,
+                MsgType::Write,
+                id,
+                0,
+                &[&c.key, b"\0", v.as_bytes()],
+            );
+        } else {
+            frame(&mut c.out, MsgType::Read, id, 0, &[b"/bench/key\0"]);
+        }
+        c.sent = Instant::now();
+        // One small request on an otherwise empty socket: never a short write.
+        let n = c.s.write(&c.out)?;
+        if n != c.out.len() {
+            bail!("short write");
+        }
+        Ok(())
+    }
+    let mut poll = Poll::new()?;
+    let mut cs = Vec::with_capacity(conns);
+    for n in 0..conns {
+        let s = UnixStream::connect(socket)?;
+        s.set_nonblocking(true)?;
+        let mut s = mio::net::UnixStream::from_std(s);
+        poll.registry()
+            .register(&mut s, Token(n), Interest::READABLE)?;
+        cs.push(C {
+            s,
+            inp: Frames::default(),
+            out: Vec::with_capacity(64),
+            key: format!("/bench/c/{n}").into_bytes(),
+            done: 0,
+            sent: Instant::now(),
+        });
+    }
+    let mut lat = Vec::with_capacity(conns * per);
+    let mut events = Events::with_capacity(1024);
+    let t0 = Instant::now();
+    for c in cs.iter_mut() {
+        send(c, 0)?;
+    }
+    let mut running = conns;
+    while running > 0 {
+        poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+        if events.is_empty() {
+            bail!("no reply for 10 s");
+        }
+        for ev in events.iter() {
+            let c = &mut cs[ev.token().0];
+            loop {
+                match c.s.read(c.inp.room()) {
+                    Ok(0) => bail!("daemon closed a connection"),
+                    Ok(n) => c.inp.filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            while let Some((h, r)) = c.inp.next() {
+                if h.ty == MsgType::Error as u32 {
+                    bail!("error {}", String::from_utf8_lossy(&c.inp.buf[r]));
+                }
+                if h.req_id != c.done as u32 + 1 {
+                    bail!("reply {} while waiting for {}", h.req_id, c.done + 1);
+                }
+                lat.push(c.sent.elapsed());
+                c.done += 1;
+                if c.done < per {
+                    send(c, c.done)?;
+                } else {
+                    running -= 1;
+                }
+            }
+        }
+    }
+    Ok(stat(lat, conns * per, t0.elapsed()))
+}
+
+/// Many connections, one thread and one [`Client`] each.
+fn many_lib(socket: &Path, conns: usize, per: usize) -> Result<Stat> {
+    let clients: Vec<Client> = (0..conns)
         .map(|_| Client::connect(socket))
         .collect::<std::result::Result<_, _>>()?;
-    let barrier = Arc::new(std::sync::Barrier::new(o.conns + 1));
+    let barrier = Arc::new(std::sync::Barrier::new(conns + 1));
     let t0 = Instant::now();
     let handles: Vec<_> = clients
         .into_iter()
@@ -311,24 +617,50 @@ fn bench(socket: &Path, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
     for h in handles {
         all.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
     }
-    res.push((
-        "mixed 3:1 r/w (many conns)",
-        stat(all, per * o.conns, t0.elapsed()),
-    ));
+    Ok(stat(all, per * conns, t0.elapsed()))
+}
+
+fn raw_watch(socket: &Path, path: &str) -> Result<Raw> {
+    let mut s = Raw::connect(socket)?;
+    s.send(MsgType::Watch, 0, &[path.as_bytes(), b"\0t\0"])?;
+    // Reply + initial event, in either order.
+    for _ in 0..2 {
+        let (h, r) = s.recv()?;
+        if h.ty == MsgType::Error as u32 {
+            bail!("WATCH: {}", String::from_utf8_lossy(&s.inp.buf[r]));
+        }
+    }
+    Ok(s)
+}
+
+fn bench(socket: &Path, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
+    let mut res = Vec::new();
+    let mut c: Box<dyn Seq> = match o.client {
+        ClientKind::Raw => Box::new(Raw::connect(socket)?),
+        ClientKind::Lib => Box::new(Client::connect(socket)?),
+    };
+    sequential(c.as_mut(), o, &mut res)?;
+    let per = (o.ops / o.conns).max(1);
+    let many = match o.client {
+        ClientKind::Raw => many_raw(socket, o.conns, per)?,
+        ClientKind::Lib => many_lib(socket, o.conns, per)?,
+    };
+    res.push(("mixed 3:1 r/w (many conns)", many));
     // Watch fan-out: one write, every watcher receives the event.
     let mut watchers = Vec::with_capacity(o.watchers);
     for _ in 0..o.watchers {
         watchers.push(raw_watch(socket, "/bench/fan")?);
     }
+    let vals: Vec<String> = (0..o.rounds).map(|i| i.to_string()).collect();
     let mut lat = Vec::with_capacity(o.rounds);
     let t0 = Instant::now();
-    for i in 0..o.rounds {
+    for v in &vals {
         let t = Instant::now();
-        c.write("/bench/fan/x", i.to_string())?;
+        c.write("/bench/fan/x", v.as_bytes())?;
         for w in watchers.iter_mut() {
-            let m = read_msg(w)?;
-            if m.ty != MsgType::WatchEvent as u32 {
-                bail!("watcher got type {}", m.ty);
+            let (h, _) = w.recv()?;
+            if h.ty != MsgType::WatchEvent as u32 {
+                bail!("watcher got type {}", h.ty);
             }
         }
         lat.push(t.elapsed());
@@ -347,6 +679,7 @@ fn main() -> Result<()> {
         rounds: 50,
         only: None,
         persist: true,
+        client: ClientKind::Raw,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -358,11 +691,24 @@ fn main() -> Result<()> {
             "--rounds" => o.rounds = num()?,
             "--only" => o.only = Some(args.next().context("--only value")?),
             "--no-persist" => o.persist = false,
+            "--client" => {
+                o.client = match args.next().as_deref() {
+                    Some("raw") => ClientKind::Raw,
+                    Some("lib") => ClientKind::Lib,
+                    other => bail!("--client raw|lib, not {other:?}"),
+                }
+            }
             _ => bail!("unknown option {a}"),
         }
     }
     let tmp = std::env::temp_dir().join(format!("xs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
+    let load = |when: &str| {
+        let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let l: Vec<&str> = l.split_whitespace().take(3).collect();
+        format!("load {when}: {}", l.join(" "))
+    };
+    let load_start = load("at start");
     let mut results: Vec<(&str, Vec<(&str, Stat)>)> = Vec::new();
     if o.only.as_deref().is_none_or(|x| x == "ceiling") {
         eprintln!("benchmarking the ceiling (a server that does no work) ...");
@@ -402,8 +748,17 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
-        "ops={} conns={} watchers={} rounds={} persist={}",
-        o.ops, o.conns, o.watchers, o.rounds, o.persist
+        "ops={} conns={} watchers={} rounds={} persist={} client={} ({load_start}; {})",
+        o.ops,
+        o.conns,
+        o.watchers,
+        o.rounds,
+        o.persist,
+        match o.client {
+            ClientKind::Raw => "raw",
+            ClientKind::Lib => "lib",
+        },
+        load("at end")
     );
     println!("| workload | daemon | ops/s | p50 µs | p99 µs | throughput vs oxenstored | p99 gain (oxenstored p99 / this p99) |");
     println!("|---|---|---:|---:|---:|---:|---:|");
