@@ -15,6 +15,40 @@ use crate::wire::{join_strings, split_strings, Errno, Message, MsgType, PAYLOAD_
 /// Identifies a connection inside the core.
 pub type ConnId = u64;
 
+/// A hasher for small integer keys the daemon assigns itself (connection ids, tokens): one
+/// multiplication instead of SipHash. Not for keys a client chooses (paths keep SipHash).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A map keyed by daemon-assigned ids (see [`IdHasher`]).
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A set of daemon-assigned ids (see [`IdHasher`]).
+pub type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Name of the special watch fired when a domain is introduced.
 pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
 /// Name of the special watch fired when a domain is released.
@@ -243,7 +277,7 @@ struct WatchRef {
 #[derive(Debug)]
 struct Conn {
     who: Who,
-    txs: HashMap<u32, TxState>,
+    txs: IdMap<u32, TxState>,
     next_tx: u32,
     /// (absolute key, token)
     watches: HashSet<(String, String)>,
@@ -659,7 +693,7 @@ fn ok() -> Vec<u8> {
 #[derive(Debug)]
 pub struct Core {
     store: Store,
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     domains: BTreeMap<u32, Domain>,
     watches: BTreeMap<String, Vec<WatchRef>>,
     special: [Perms; 2],
@@ -704,7 +738,7 @@ impl Core {
     fn empty() -> Core {
         Core {
             store: Store::new(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             domains: BTreeMap::new(),
             watches: BTreeMap::new(),
             special: [Perms::dom0_only(), Perms::dom0_only()],
@@ -735,7 +769,7 @@ impl Core {
             id,
             Conn {
                 who,
-                txs: HashMap::new(),
+                txs: IdMap::default(),
                 next_tx: 1,
                 watches: HashSet::new(),
             },
