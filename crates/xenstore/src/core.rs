@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::perms::{Perm, Perms};
 use crate::store::{basename, canonicalize, join, parent, Node, Store};
-use crate::wire::{join_strings, split_strings, Errno, Message, MsgType, PAYLOAD_MAX};
+use crate::wire::{join_strings, split_strings, Errno, Header, Message, MsgType, PAYLOAD_MAX};
 
 /// Identifies a connection inside the core.
 pub type ConnId = u64;
@@ -253,13 +253,21 @@ struct Change {
     removed: Option<Vec<(String, Perms)>>,
 }
 
+/// A node as a transaction sees it.
+#[derive(Debug)]
+struct TxNode {
+    /// Generation in the store at first access (`None`: absent), for conflict detection.
+    seen: Option<u64>,
+    /// The transaction's version: a snapshot taken at first access, then its own changes.
+    node: Option<Node>,
+    /// Changed by the transaction.
+    dirty: bool,
+}
+
 #[derive(Debug, Default)]
 struct TxState {
-    /// Every node the transaction has seen (snapshot at first access) or changed.
-    overlay: HashMap<String, Option<Node>>,
-    /// Paths the transaction changed.
-    dirty: HashSet<String>,
-    accessed: HashMap<String, Option<u64>>,
+    /// Every node the transaction has seen or changed (one entry, one key per path).
+    nodes: HashMap<String, TxNode>,
     ops: Vec<JOp>,
     changes: Vec<Change>,
     owner_delta: HashMap<u32, i64>,
@@ -354,21 +362,25 @@ enum View<'a> {
 impl View<'_> {
     /// First access: remember the generation (for conflict detection) and snapshot the node
     /// (for isolation: the transaction keeps seeing it as it was).
-    fn note(store: &Store, tx: &mut TxState, p: &str) {
-        if !tx.accessed.contains_key(p) {
+    fn note<'t>(store: &Store, tx: &'t mut TxState, p: &str) -> &'t mut TxNode {
+        if !tx.nodes.contains_key(p) {
             let n = store.get(p);
-            tx.accessed.insert(p.to_string(), n.map(|n| n.gen));
-            tx.overlay.insert(p.to_string(), n.cloned());
+            tx.nodes.insert(
+                p.to_string(),
+                TxNode {
+                    seen: n.map(|n| n.gen),
+                    node: n.cloned(),
+                    dirty: false,
+                },
+            );
         }
+        tx.nodes.get_mut(p).expect("just inserted")
     }
 
     fn get(&mut self, p: &str) -> Option<&Node> {
         match self {
             View::Direct(s) => s.get(p),
-            View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                tx.overlay.get(p).and_then(|o| o.as_ref())
-            }
+            View::Tx { store, tx } => View::note(store, tx, p).node.as_ref(),
         }
     }
 
@@ -378,19 +390,23 @@ impl View<'_> {
                 s.modify(p, f);
             }
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
                 tx.local_gen += 1;
                 let g = (1u64 << 62) + tx.local_gen;
-                tx.dirty.insert(p.to_string());
-                if let Some(Some(n)) = tx.overlay.get_mut(p) {
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                let mut moved = None;
+                if let Some(n) = &mut e.node {
                     let old = n.perms.owner();
                     f(n);
                     n.gen = g;
                     let new = n.perms.owner();
                     if old != new {
-                        *tx.owner_delta.entry(old).or_insert(0) -= 1;
-                        *tx.owner_delta.entry(new).or_insert(0) += 1;
+                        moved = Some((old, new));
                     }
+                }
+                if let Some((old, new)) = moved {
+                    *tx.owner_delta.entry(old).or_insert(0) -= 1;
+                    *tx.owner_delta.entry(new).or_insert(0) += 1;
                 }
             }
         }
@@ -400,10 +416,11 @@ impl View<'_> {
         match self {
             View::Direct(s) => s.set(p, n),
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                *tx.owner_delta.entry(n.perms.owner()).or_insert(0) += 1;
-                tx.dirty.insert(p.to_string());
-                tx.overlay.insert(p.to_string(), Some(n));
+                let owner = n.perms.owner();
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                e.node = Some(n);
+                *tx.owner_delta.entry(owner).or_insert(0) += 1;
             }
         }
     }
@@ -414,12 +431,11 @@ impl View<'_> {
                 s.remove_one(p);
             }
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                if let Some(Some(n)) = tx.overlay.get(p) {
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                if let Some(n) = e.node.take() {
                     *tx.owner_delta.entry(n.perms.owner()).or_insert(0) -= 1;
                 }
-                tx.dirty.insert(p.to_string());
-                tx.overlay.insert(p.to_string(), None);
             }
         }
     }
@@ -436,7 +452,7 @@ impl View<'_> {
     fn accessed(&self) -> usize {
         match self {
             View::Direct(_) => 0,
-            View::Tx { tx, .. } => tx.accessed.len(),
+            View::Tx { tx, .. } => tx.nodes.len(),
         }
     }
 }
@@ -678,9 +694,10 @@ fn atoi(s: &str) -> i64 {
     }
 }
 
+/// The payload's only string (exactly one, NUL-terminated).
 fn onearg(payload: &[u8]) -> Result<&str, Errno> {
-    match split_strings(payload) {
-        Some(v) if v.len() == 1 => Ok(v[0]),
+    match payload.split_last() {
+        Some((0, s)) if !s.contains(&0) => std::str::from_utf8(s).map_err(|_| Errno::EINVAL),
         _ => Err(Errno::EINVAL),
     }
 }
@@ -1035,33 +1052,43 @@ impl Core {
     /// Handles one request from connection `id`, appending the reply and any watch events to
     /// `out`.
     pub fn handle(&mut self, id: ConnId, msg: &Message, out: &mut Outbox) {
+        let h = Header {
+            ty: msg.ty,
+            req_id: msg.req_id,
+            tx_id: msg.tx_id,
+            len: msg.payload.len() as u32,
+        };
+        self.handle_request(id, &h, &msg.payload, out);
+    }
+
+    /// [`Core::handle`] for a request still in the connection's input buffer: `h` is its
+    /// header, `payload` its payload.
+    pub fn handle_request(&mut self, id: ConnId, h: &Header, payload: &[u8], out: &mut Outbox) {
         let Some(who) = self.conns.get(&id).map(|c| c.who) else {
             return;
         };
+        // The reply goes before the watch events the request fired.
         let start = out.msgs.len();
-        let mut events = Outbox::default();
-        let ty = MsgType::from_u32(msg.ty);
+        let ty = MsgType::from_u32(h.ty);
         let result = match ty {
             None | Some(MsgType::WatchEvent) | Some(MsgType::Error) => Err(Errno::ENOSYS),
-            Some(t) => self.dispatch(id, who, t, msg, &mut events),
+            Some(t) => self.dispatch(id, who, t, h.tx_id, payload, out),
         };
         let reply = match result {
             Ok(payload) => Message {
-                ty: msg.ty,
-                req_id: msg.req_id,
-                tx_id: msg.tx_id,
+                ty: h.ty,
+                req_id: h.req_id,
+                tx_id: h.tx_id,
                 payload,
             },
             Err(e) => Message {
                 ty: MsgType::Error as u32,
-                req_id: msg.req_id,
-                tx_id: msg.tx_id,
+                req_id: h.req_id,
+                tx_id: h.tx_id,
                 payload: join_strings(&[e.name()]),
             },
         };
         out.msgs.insert(start, (id, reply));
-        out.msgs.append(&mut events.msgs);
-        out.close.append(&mut events.close);
     }
 
     fn tx_id_ok(&self, id: ConnId, tx: u32) -> Result<(), Errno> {
@@ -1147,11 +1174,10 @@ impl Core {
         id: ConnId,
         who: Who,
         ty: MsgType,
-        msg: &Message,
+        tx: u32,
+        p: &[u8],
         out: &mut Outbox,
     ) -> Result<Vec<u8>, Errno> {
-        let tx = msg.tx_id;
-        let p = &msg.payload;
         match ty {
             MsgType::Read => {
                 let path = canonicalize(onearg(p)?, who.domid)?;
@@ -1456,16 +1482,16 @@ impl Core {
     }
 
     fn commit(&mut self, t: TxState, out: &mut Outbox) -> Result<(), Errno> {
-        for (p, seen) in &t.accessed {
-            if self.store.get(p).map(|n| n.gen) != *seen {
+        for (p, e) in &t.nodes {
+            if self.store.get(p).map(|n| n.gen) != e.seen {
                 return Err(Errno::EAGAIN);
             }
         }
-        for (p, v) in t.overlay {
-            if !t.dirty.contains(&p) {
+        for (p, e) in t.nodes {
+            if !e.dirty {
                 continue;
             }
-            match v {
+            match e.node {
                 Some(n) => self.store.set(&p, n),
                 None => {
                     self.store.remove_one(&p);

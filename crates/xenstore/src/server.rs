@@ -24,7 +24,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::{ConnId, Core, IdMap, IdSet, Outbox, Who};
 use crate::journal::{FsyncPolicy, Journal, JournalError, Recovery};
-use crate::wire::{self, MsgType, HEADER_LEN};
+use crate::wire::{self, Header, MsgType, HEADER_LEN, PAYLOAD_MAX};
 
 /// Requests handled per connection per loop iteration.
 pub const BATCH: usize = 64;
@@ -368,27 +368,31 @@ impl Server {
         let mut lines = Vec::new();
         let mut broken = false;
         while handled < BATCH {
-            match wire::decode(&c.inbuf[consumed..]) {
-                Ok(Some((msg, n))) => {
-                    consumed += n;
-                    handled += 1;
-                    if log {
-                        lines.push(format!(
-                            "conn {id} req {:?} tx {} {}",
-                            MsgType::from_u32(msg.ty),
-                            msg.tx_id,
-                            String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(256)])
-                                .replace('\0', " ")
-                        ));
-                    }
-                    self.core.handle(id, &msg, out);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
+            // Decoded in place: the payload is handed to the core as a slice of the buffer.
+            let buf = &c.inbuf[consumed..];
+            let Some(hb) = buf.first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            let h = Header::decode(hb);
+            if h.len as usize > PAYLOAD_MAX {
+                broken = true;
+                break;
             }
+            let total = HEADER_LEN + h.len as usize;
+            let Some(payload) = buf.get(HEADER_LEN..total) else {
+                break;
+            };
+            if log {
+                lines.push(format!(
+                    "conn {id} req {:?} tx {} {}",
+                    MsgType::from_u32(h.ty),
+                    h.tx_id,
+                    String::from_utf8_lossy(&payload[..payload.len().min(256)]).replace('\0', " ")
+                ));
+            }
+            self.core.handle_request(id, &h, payload, out);
+            consumed += total;
+            handled += 1;
         }
         let c = self.conns.get_mut(&token).expect("conn present");
         c.inbuf.drain(..consumed);
@@ -446,12 +450,14 @@ impl Server {
         let mut touched: Vec<Token> = Vec::new();
         let mut dead: Vec<Token> = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
+            // Idle: sleep until an event (stopping wakes the loop through the waker); no timer
+            // to arm and cancel around every sleep.
             let timeout = if active.is_empty() {
-                Duration::from_millis(500)
+                None
             } else {
-                Duration::ZERO
+                Some(Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
