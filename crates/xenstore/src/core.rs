@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::perms::{Perm, Perms};
-use crate::store::{basename, canonicalize, join, parent, Node, Store};
+use crate::store::{basename, canonical, canonicalize, join, parent, Node, Store};
 use crate::wire::{join_strings, split_strings, Errno, Header, Message, MsgType, PAYLOAD_MAX};
 
 /// Identifies a connection inside the core.
@@ -1180,15 +1180,21 @@ impl Core {
     ) -> Result<Vec<u8>, Errno> {
         match ty {
             MsgType::Read => {
-                let path = canonicalize(onearg(p)?, who.domid)?;
+                let path = canonical(onearg(p)?, who.domid)?;
                 self.tx_id_ok(id, tx)?;
                 self.read_op(id, who, tx, |v, ctx| {
+                    // One lookup when the node exists; errors are worked out like `lookup`.
+                    match v.get(&path) {
+                        Some(n) if ctx.can(&n.perms, Want::Read) => return Ok(n.value.clone()),
+                        Some(_) => return Err(Errno::EACCES),
+                        None => {}
+                    }
                     lookup(v, ctx, &path, Want::Read)?;
-                    Ok(v.get(&path).map(|n| n.value.clone()).unwrap_or_default())
+                    Ok(Vec::new())
                 })
             }
             MsgType::Directory => {
-                let path = canonicalize(onearg(p)?, who.domid)?;
+                let path = canonical(onearg(p)?, who.domid)?;
                 self.tx_id_ok(id, tx)?;
                 let kids = self.read_op(id, who, tx, |v, ctx| {
                     lookup(v, ctx, &path, Want::Read)?;
@@ -1223,7 +1229,7 @@ impl Core {
                 if let Some(i) = special_index(arg) {
                     return Ok(self.special[i].to_wire());
                 }
-                let path = canonicalize(arg, who.domid)?;
+                let path = canonical(arg, who.domid)?;
                 self.read_op(id, who, tx, |v, ctx| {
                     lookup(v, ctx, &path, Want::Read)?;
                     Ok(v.get(&path).map(|n| n.perms.to_wire()).unwrap_or_default())

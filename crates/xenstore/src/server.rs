@@ -551,8 +551,9 @@ impl Server {
     }
 }
 
+/// A complete frame (or a framing error, which processing turns into a close) is buffered.
 fn has_frame(c: &ConnIo) -> bool {
-    c.inbuf.len() >= HEADER_LEN && wire::decode(&c.inbuf).map(|r| r.is_some()).unwrap_or(true)
+    wire::frame_len(&c.inbuf).map_or(true, |r| r.is_some())
 }
 
 impl Drop for Server {

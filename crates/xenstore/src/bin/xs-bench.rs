@@ -445,6 +445,29 @@ struct Stat {
     ops_per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU time the daemon (all its threads) spent per operation, if known.
+    cpu_us: Option<f64>,
+}
+
+/// CPU time consumed so far by every thread of `pid` (`/proc/PID/task/*/schedstat`, ns).
+fn cpu_ns(pid: Option<u32>) -> Option<u64> {
+    let pid = pid?;
+    let mut sum = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        sum += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
+/// Runs one workload and adds the daemon's CPU time per operation to its result.
+fn with_cpu(pid: Option<u32>, ops: usize, f: impl FnOnce() -> Result<Stat>) -> Result<Stat> {
+    let before = cpu_ns(pid);
+    let mut s = f()?;
+    if let (Some(a), Some(b)) = (before, cpu_ns(pid)) {
+        s.cpu_us = Some(b.saturating_sub(a) as f64 / 1e3 / ops as f64);
+    }
+    Ok(s)
 }
 
 fn stat(mut lat: Vec<Duration>, ops: usize, wall: Duration) -> Stat {
@@ -458,6 +481,7 @@ fn stat(mut lat: Vec<Duration>, ops: usize, wall: Duration) -> Stat {
         ops_per_s: ops as f64 / wall.as_secs_f64(),
         p50_us: pick(0.50),
         p99_us: pick(0.99),
+        cpu_us: None,
     }
 }
 
@@ -472,18 +496,30 @@ fn timed(n: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<Stat> {
     Ok(stat(lat, n, t0.elapsed()))
 }
 
-fn sequential(c: &mut dyn Seq, o: &Opts, res: &mut Vec<(&'static str, Stat)>) -> Result<()> {
+fn sequential(
+    c: &mut dyn Seq,
+    o: &Opts,
+    pid: Option<u32>,
+    res: &mut Vec<(&'static str, Stat)>,
+) -> Result<()> {
     c.write("/bench/key", b"v1")?;
     let wkeys: Vec<String> = (0..512).map(|i| format!("/bench/w/k{i}")).collect();
     let tkeys: Vec<String> = (0..64).map(|i| format!("/bench/t/k{i}")).collect();
-    res.push(("read (1 conn)", timed(o.ops, |_| c.read("/bench/key"))?));
+    res.push((
+        "read (1 conn)",
+        with_cpu(pid, o.ops, || timed(o.ops, |_| c.read("/bench/key")))?,
+    ));
     res.push((
         "write (1 conn)",
-        timed(o.ops, |i| c.write(&wkeys[i % 512], b"value-0123456789"))?,
+        with_cpu(pid, o.ops, || {
+            timed(o.ops, |i| c.write(&wkeys[i % 512], b"value-0123456789"))
+        })?,
     ));
     res.push((
         "transaction r+w (1 conn)",
-        timed(o.ops / 4, |i| c.tx_rw("/bench/key", &tkeys[i % 64], b"x"))?,
+        with_cpu(pid, o.ops / 4, || {
+            timed(o.ops / 4, |i| c.tx_rw("/bench/key", &tkeys[i % 64], b"x"))
+        })?,
     ));
     Ok(())
 }
@@ -633,26 +669,31 @@ fn raw_watch(socket: &Path, path: &str) -> Result<Raw> {
     Ok(s)
 }
 
-fn bench(socket: &Path, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
+/// Runs every workload against the daemon at `socket`; `pid` (the daemon's) adds its CPU time.
+fn bench(socket: &Path, pid: Option<u32>, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
     let mut res = Vec::new();
     let mut c: Box<dyn Seq> = match o.client {
         ClientKind::Raw => Box::new(Raw::connect(socket)?),
         ClientKind::Lib => Box::new(Client::connect(socket)?),
     };
-    sequential(c.as_mut(), o, &mut res)?;
+    sequential(c.as_mut(), o, pid, &mut res)?;
     let per = (o.ops / o.conns).max(1);
-    let many = match o.client {
-        ClientKind::Raw => many_raw(socket, o.conns, per)?,
-        ClientKind::Lib => many_lib(socket, o.conns, per)?,
-    };
+    let many = with_cpu(pid, per * o.conns, || match o.client {
+        ClientKind::Raw => many_raw(socket, o.conns, per),
+        ClientKind::Lib => many_lib(socket, o.conns, per),
+    })?;
     res.push(("mixed 3:1 r/w (many conns)", many));
-    // Watch fan-out: one write, every watcher receives the event.
+    // Watch fan-out: one write, every watcher receives the event. The watchers are read one
+    // after the other with blocking reads (one read(2) per event). (Reading them with epoll
+    // was tried: each event then also pays an epoll callback in the daemon's write, and rxen's
+    // rounds got slower: 0.8 -> 1.0-1.1 µs of daemon CPU per event, p50 1.7 -> 2.2-3.5 ms.)
     let mut watchers = Vec::with_capacity(o.watchers);
     for _ in 0..o.watchers {
         watchers.push(raw_watch(socket, "/bench/fan")?);
     }
     let vals: Vec<String> = (0..o.rounds).map(|i| i.to_string()).collect();
     let mut lat = Vec::with_capacity(o.rounds);
+    let cpu0 = cpu_ns(pid);
     let t0 = Instant::now();
     for v in &vals {
         let t = Instant::now();
@@ -667,6 +708,9 @@ fn bench(socket: &Path, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
     }
     let mut s = stat(lat, o.rounds * o.watchers, t0.elapsed());
     s.ops_per_s = o.rounds as f64 * o.watchers as f64 / t0.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (cpu0, cpu_ns(pid)) {
+        s.cpu_us = Some(b.saturating_sub(a) as f64 / 1e3 / (o.rounds * o.watchers) as f64);
+    }
     res.push(("watch fan-out (events/s)", s));
     Ok(res)
 }
@@ -712,7 +756,7 @@ fn main() -> Result<()> {
     let mut results: Vec<(&str, Vec<(&str, Stat)>)> = Vec::new();
     if o.only.as_deref().is_none_or(|x| x == "ceiling") {
         eprintln!("benchmarking the ceiling (a server that does no work) ...");
-        match start_ceiling(&tmp).and_then(|s| bench(&s, &o)) {
+        match start_ceiling(&tmp).and_then(|s| bench(&s, None, &o)) {
             Ok(r) => results.push(("ceiling (no-op server)", r)),
             Err(e) => eprintln!("ceiling: benchmark failed: {e:#}"),
         }
@@ -741,7 +785,7 @@ fn main() -> Result<()> {
             }
         };
         eprintln!("benchmarking {} ...", p.name);
-        match bench(&p.socket, &o) {
+        match bench(&p.socket, Some(p.child.id()), &o) {
             Ok(r) => results.push((p.name, r)),
             Err(e) => eprintln!("{}: benchmark failed: {e:#}", p.name),
         }
@@ -760,8 +804,8 @@ fn main() -> Result<()> {
         },
         load("at end")
     );
-    println!("| workload | daemon | ops/s | p50 µs | p99 µs | throughput vs oxenstored | p99 gain (oxenstored p99 / this p99) |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("| workload | daemon | ops/s | p50 µs | p99 µs | daemon CPU µs/op | throughput vs oxenstored | p99 gain (oxenstored p99 / this p99) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let find = |d: &str, w: &str| {
         results
             .iter()
@@ -782,8 +826,9 @@ fn main() -> Result<()> {
                 ),
                 _ => ("-".into(), "-".into()),
             };
+            let cpu = s.cpu_us.map_or("-".into(), |c| format!("{c:.2}"));
             println!(
-                "| {w} | {d} | {:.0} | {:.1} | {:.1} | {ratio} | {p99r} |",
+                "| {w} | {d} | {:.0} | {:.1} | {:.1} | {cpu} | {ratio} | {p99r} |",
                 s.ops_per_s, s.p50_us, s.p99_us
             );
         }
