@@ -774,16 +774,18 @@ impl Journal {
         let mut rec = rec;
         rec[..4].copy_from_slice(&len.to_le_bytes());
         rec[4..8].copy_from_slice(&crc.to_le_bytes());
-        let jp = Journal::journal_path(&self.dir);
         let res = match &mut self.sink {
             Sink::Mapped(m) => m.write_at(&self.file, self.size as usize, &rec),
             Sink::Pwrite => self.file.write_all_at(&rec, self.size),
         };
         let n = rec.len() as u64;
         self.rec = rec;
-        res.map_err(io("write", &jp))?;
+        // The path is only built for an error.
+        res.map_err(|e| io("write", &Journal::journal_path(&self.dir))(e))?;
         if self.policy == FsyncPolicy::Always {
-            self.file.sync_data().map_err(io("fdatasync", &jp))?;
+            self.file
+                .sync_data()
+                .map_err(|e| io("fdatasync", &Journal::journal_path(&self.dir))(e))?;
         }
         self.size += n;
         Ok(())
