@@ -3,7 +3,10 @@
 //! ```text
 //! cargo run --release -p rxen-xenstore --bin xs-bench -- [--ops N] [--conns N] [--watchers N]
 //!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist] [--client raw|lib]
+//!     [--workloads read,write,tx,many,fanout] [--no-pm-qos]
 //! ```
+//! While it runs, the benchmark holds `/dev/cpu_dma_latency` at 0 (idle CPUs poll instead of
+//! halting; see [`hold_pm_qos`]) unless `--no-pm-qos` is given.
 //! Two clients, used identically for every daemon of a run:
 //!
 //! * `raw` (default): a synchronous wire client — the request is written and its reply read on
@@ -48,6 +51,30 @@ struct Opts {
     only: Option<String>,
     persist: bool,
     client: ClientKind,
+    /// Only these workloads (`read,write,tx,many,fanout`); all if `None`.
+    workloads: Option<Vec<String>>,
+    /// Hold `/dev/cpu_dma_latency` at 0 for the run.
+    pm_qos: bool,
+}
+
+impl Opts {
+    fn wants(&self, w: &str) -> bool {
+        self.workloads
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|x| x == w))
+    }
+}
+
+/// Holds a PM QoS request of 0 µs CPU wake-up latency while alive: idle CPUs poll instead of
+/// halting. On this VM a halted vCPU is woken through the hypervisor, which sometimes adds tens
+/// of µs to every wake-up (measured: 60 µs round trips for every daemon and the no-op server
+/// alike), and would hide the daemons behind the host's idle handling.
+fn hold_pm_qos() -> std::io::Result<File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")?;
+    f.write_all(&0i32.to_ne_bytes())?;
+    Ok(f)
 }
 
 struct Proc {
@@ -505,22 +532,28 @@ fn sequential(
     c.write("/bench/key", b"v1")?;
     let wkeys: Vec<String> = (0..512).map(|i| format!("/bench/w/k{i}")).collect();
     let tkeys: Vec<String> = (0..64).map(|i| format!("/bench/t/k{i}")).collect();
-    res.push((
-        "read (1 conn)",
-        with_cpu(pid, o.ops, || timed(o.ops, |_| c.read("/bench/key")))?,
-    ));
-    res.push((
-        "write (1 conn)",
-        with_cpu(pid, o.ops, || {
-            timed(o.ops, |i| c.write(&wkeys[i % 512], b"value-0123456789"))
-        })?,
-    ));
-    res.push((
-        "transaction r+w (1 conn)",
-        with_cpu(pid, o.ops / 4, || {
-            timed(o.ops / 4, |i| c.tx_rw("/bench/key", &tkeys[i % 64], b"x"))
-        })?,
-    ));
+    if o.wants("read") {
+        res.push((
+            "read (1 conn)",
+            with_cpu(pid, o.ops, || timed(o.ops, |_| c.read("/bench/key")))?,
+        ));
+    }
+    if o.wants("write") {
+        res.push((
+            "write (1 conn)",
+            with_cpu(pid, o.ops, || {
+                timed(o.ops, |i| c.write(&wkeys[i % 512], b"value-0123456789"))
+            })?,
+        ));
+    }
+    if o.wants("tx") {
+        res.push((
+            "transaction r+w (1 conn)",
+            with_cpu(pid, o.ops / 4, || {
+                timed(o.ops / 4, |i| c.tx_rw("/bench/key", &tkeys[i % 64], b"x"))
+            })?,
+        ));
+    }
     Ok(())
 }
 
@@ -678,11 +711,16 @@ fn bench(socket: &Path, pid: Option<u32>, o: &Opts) -> Result<Vec<(&'static str,
     };
     sequential(c.as_mut(), o, pid, &mut res)?;
     let per = (o.ops / o.conns).max(1);
-    let many = with_cpu(pid, per * o.conns, || match o.client {
-        ClientKind::Raw => many_raw(socket, o.conns, per),
-        ClientKind::Lib => many_lib(socket, o.conns, per),
-    })?;
-    res.push(("mixed 3:1 r/w (many conns)", many));
+    if o.wants("many") {
+        let many = with_cpu(pid, per * o.conns, || match o.client {
+            ClientKind::Raw => many_raw(socket, o.conns, per),
+            ClientKind::Lib => many_lib(socket, o.conns, per),
+        })?;
+        res.push(("mixed 3:1 r/w (many conns)", many));
+    }
+    if !o.wants("fanout") {
+        return Ok(res);
+    }
     // Watch fan-out: one write, every watcher receives the event. The watchers are read one
     // after the other with blocking reads (one read(2) per event). (Reading them with epoll
     // was tried: each event then also pays an epoll callback in the daemon's write, and rxen's
@@ -724,6 +762,8 @@ fn main() -> Result<()> {
         only: None,
         persist: true,
         client: ClientKind::Raw,
+        workloads: None,
+        pm_qos: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -735,6 +775,13 @@ fn main() -> Result<()> {
             "--rounds" => o.rounds = num()?,
             "--only" => o.only = Some(args.next().context("--only value")?),
             "--no-persist" => o.persist = false,
+            "--no-pm-qos" => o.pm_qos = false,
+            "--workloads" => {
+                let l = args
+                    .next()
+                    .context("--workloads read,write,tx,many,fanout")?;
+                o.workloads = Some(l.split(',').map(String::from).collect());
+            }
             "--client" => {
                 o.client = match args.next().as_deref() {
                     Some("raw") => ClientKind::Raw,
@@ -753,6 +800,17 @@ fn main() -> Result<()> {
         format!("load {when}: {}", l.join(" "))
     };
     let load_start = load("at start");
+    let qos = if o.pm_qos {
+        match hold_pm_qos() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("/dev/cpu_dma_latency not held: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut results: Vec<(&str, Vec<(&str, Stat)>)> = Vec::new();
     if o.only.as_deref().is_none_or(|x| x == "ceiling") {
         eprintln!("benchmarking the ceiling (a server that does no work) ...");
@@ -792,7 +850,7 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
-        "ops={} conns={} watchers={} rounds={} persist={} client={} ({load_start}; {})",
+        "ops={} conns={} watchers={} rounds={} persist={} client={} cpu_dma_latency={} ({load_start}; {})",
         o.ops,
         o.conns,
         o.watchers,
@@ -802,8 +860,10 @@ fn main() -> Result<()> {
             ClientKind::Raw => "raw",
             ClientKind::Lib => "lib",
         },
+        if qos.is_some() { "0 (held)" } else { "not held" },
         load("at end")
     );
+    drop(qos);
     println!("| workload | daemon | ops/s | p50 µs | p99 µs | daemon CPU µs/op | throughput vs oxenstored | p99 gain (oxenstored p99 / this p99) |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let find = |d: &str, w: &str| {
