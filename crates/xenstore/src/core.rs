@@ -303,6 +303,8 @@ struct OpCtx {
     privileged: bool,
     target: Option<u32>,
     checks: bool,
+    /// Record the [`Change`]s (for watches). Off for a plain request while no watch exists.
+    record: bool,
 }
 
 impl OpCtx {
@@ -312,6 +314,7 @@ impl OpCtx {
             privileged: creator.is_none(),
             target: None,
             checks: false,
+            record: true,
         }
     }
 
@@ -554,12 +557,20 @@ fn op_write(
             if ctx.checks && !ctx.privileged && (other + value.len()) as u64 >= q.node_size {
                 return Err(Errno::E2BIG);
             }
-            let mut perms = None;
+            let mut found = false;
+            let mut perms = Perms::dom0_only();
             view.modify(path, |n| {
-                n.value = value.to_vec();
-                perms = Some(n.perms.clone());
+                found = true;
+                n.value.clear();
+                n.value.extend_from_slice(value);
+                if ctx.record {
+                    perms = n.perms.clone();
+                }
             });
-            perms.ok_or(Errno::ENOENT)?
+            if !found {
+                return Err(Errno::ENOENT);
+            }
+            perms
         }
         None => {
             let e = errno_from_parents(view, ctx, path, Errno::ENOENT, Want::Write);
@@ -569,11 +580,13 @@ fn op_write(
             create(view, ctx, q, path, value)?
         }
     };
-    changes.push(Change {
-        path: path.to_string(),
-        perms,
-        removed: None,
-    });
+    if ctx.record {
+        changes.push(Change {
+            path: path.to_string(),
+            perms,
+            removed: None,
+        });
+    }
     Ok(())
 }
 
@@ -588,11 +601,13 @@ fn op_mkdir(
         Ok(()) => Ok(false),
         Err(Errno::ENOENT) => {
             let perms = create(view, ctx, q, path, b"")?;
-            changes.push(Change {
-                path: path.to_string(),
-                perms,
-                removed: None,
-            });
+            if ctx.record {
+                changes.push(Change {
+                    path: path.to_string(),
+                    perms,
+                    removed: None,
+                });
+            }
             Ok(true)
         }
         Err(e) => Err(e),
@@ -664,11 +679,13 @@ fn op_set_perms(
         }
     }
     view.modify(path, |n| n.perms = perms.clone());
-    changes.push(Change {
-        path: path.to_string(),
-        perms: perms.clone(),
-        removed: None,
-    });
+    if ctx.record {
+        changes.push(Change {
+            path: path.to_string(),
+            perms: perms.clone(),
+            removed: None,
+        });
+    }
     Ok(())
 }
 
@@ -822,6 +839,17 @@ impl Core {
         std::mem::take(&mut self.journal)
     }
 
+    /// The journal operations accumulated since the last [`Core::clear_journal`] or
+    /// [`Core::take_journal`], grouped like [`Core::take_journal`]'s.
+    pub fn journal_ops(&self) -> &[Vec<JOp>] {
+        &self.journal
+    }
+
+    /// Forgets the accumulated journal operations (after they were persisted).
+    pub fn clear_journal(&mut self) {
+        self.journal.clear();
+    }
+
     /// Whether journal operations are pending.
     pub fn journal_pending(&self) -> bool {
         !self.journal.is_empty()
@@ -943,6 +971,7 @@ impl Core {
             privileged: who.privileged,
             target: self.target_of(who),
             checks: true,
+            record: true,
         }
     }
 
@@ -1110,9 +1139,11 @@ impl Core {
         out: &mut Outbox,
         f: impl FnOnce(&mut View, &OpCtx, &Quotas, &mut Vec<Change>) -> Result<Option<JOp>, Errno>,
     ) -> Result<(), Errno> {
-        let ctx = self.ctx(who);
+        let mut ctx = self.ctx(who);
         let mut changes = Vec::new();
         if tx == 0 {
+            // Nothing to fire: skip building the changes.
+            ctx.record = !self.watches.is_empty();
             let jop = f(
                 &mut View::Direct(&mut self.store),
                 &ctx,
@@ -1337,7 +1368,7 @@ impl Core {
                 }
                 conn.next_tx = t.wrapping_add(1);
                 conn.txs.insert(t, TxState::default());
-                Ok(join_strings(&[t.to_string()]))
+                Ok(format!("{t}\0").into_bytes())
             }
             MsgType::TransactionEnd => {
                 let arg = onearg(p)?;

@@ -507,9 +507,12 @@ impl Server {
             }
             // Durability before acknowledgement.
             if self.core.journal_pending() {
-                let groups = self.core.take_journal();
                 if let Some(j) = &mut self.journal {
-                    j.append(&groups)?;
+                    j.append(self.core.journal_ops())?;
+                }
+                // Keeps the list's capacity for the next round.
+                self.core.clear_journal();
+                if let Some(j) = &mut self.journal {
                     if j.wants_compaction() {
                         j.compact(&self.core)?;
                     }
