@@ -3,8 +3,10 @@
 //! ```text
 //! cargo run --release -p rxen-xenstore --bin xs-bench -- [--ops N] [--conns N] [--watchers N]
 //!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist] [--client raw|lib]
-//!     [--workloads read,write,tx,many,fanout] [--no-pm-qos]
+//!     [--workloads read,write,tx,many,fanout] [--no-pm-qos] [--baseline XENSTORED]
 //! ```
+//! `--baseline` adds a row for another rxen `xenstored` binary (an older build), for before/after
+//! comparisons within one run.
 //! While it runs, the benchmark holds `/dev/cpu_dma_latency` at 0 (idle CPUs poll instead of
 //! halting; see [`hold_pm_qos`]) unless `--no-pm-qos` is given.
 //! Two clients, used identically for every daemon of a run:
@@ -55,6 +57,8 @@ struct Opts {
     workloads: Option<Vec<String>>,
     /// Hold `/dev/cpu_dma_latency` at 0 for the run.
     pm_qos: bool,
+    /// Another rxen `xenstored` binary (e.g. an older commit's) benchmarked in the same run.
+    baseline: Option<PathBuf>,
 }
 
 impl Opts {
@@ -121,10 +125,13 @@ fn repo_root() -> Option<PathBuf> {
     }
 }
 
-fn start_ours(tmp: &Path, persist: bool) -> Result<Proc> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("xenstored");
-    let root = tmp.join("ours");
+/// Starts rxen's `xenstored` (`bin`, or the one next to this executable).
+fn start_ours(tmp: &Path, persist: bool, bin: Option<&Path>, name: &'static str) -> Result<Proc> {
+    let bin = match bin {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("xenstored"),
+    };
+    let root = tmp.join(name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
     let socket = root.join("var/run/xenstored/socket");
     let mut cmd = Command::new(&bin);
     if !persist {
@@ -139,7 +146,7 @@ fn start_ours(tmp: &Path, persist: bool) -> Result<Proc> {
     wait_socket(&socket, &mut child, "ours")?;
     Ok(Proc {
         child,
-        name: "rxen",
+        name,
         socket,
         _lock: None,
     })
@@ -764,6 +771,7 @@ fn main() -> Result<()> {
         client: ClientKind::Raw,
         workloads: None,
         pm_qos: true,
+        baseline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -776,6 +784,7 @@ fn main() -> Result<()> {
             "--only" => o.only = Some(args.next().context("--only value")?),
             "--no-persist" => o.persist = false,
             "--no-pm-qos" => o.pm_qos = false,
+            "--baseline" => o.baseline = Some(args.next().context("--baseline PATH")?.into()),
             "--workloads" => {
                 let l = args
                     .next()
@@ -819,12 +828,16 @@ fn main() -> Result<()> {
             Err(e) => eprintln!("ceiling: benchmark failed: {e:#}"),
         }
     }
-    for kind in ["ours", "oxenstored", "cxenstored"] {
+    for kind in ["ours", "baseline", "oxenstored", "cxenstored"] {
         if o.only.as_deref().is_some_and(|x| x != kind) {
             continue;
         }
         let p = match kind {
-            "ours" => start_ours(&tmp, o.persist),
+            "ours" => start_ours(&tmp, o.persist, None, "rxen"),
+            "baseline" => match &o.baseline {
+                Some(b) => start_ours(&tmp, o.persist, Some(b), "rxen (baseline)"),
+                None => continue,
+            },
             k @ ("oxenstored" | "cxenstored") => start_ref(
                 if k == "oxenstored" {
                     "oxenstored"
