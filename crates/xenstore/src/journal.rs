@@ -418,6 +418,9 @@ enum Sink {
 struct Region {
     addr: usize,
     len: usize,
+    /// Offset the prefaulting of a new mapping starts from (the append position then: the
+    /// records before it need no prefaulting).
+    from: usize,
 }
 
 #[derive(Debug)]
@@ -488,7 +491,7 @@ fn prefault_loop(shared: Arc<MapShared>) {
         let worked = {
             let r = shared.region.lock().unwrap_or_else(|e| e.into_inner());
             if done.0 != r.addr {
-                done = (r.addr, 0);
+                done = (r.addr, r.from);
             }
             let end = want.min(r.len);
             if done.1 < end {
@@ -522,7 +525,11 @@ impl Mapping {
         preallocate(file, len)?;
         let addr = map_file(file, len)?;
         let shared = Arc::new(MapShared {
-            region: Mutex::new(Region { addr, len }),
+            region: Mutex::new(Region {
+                addr,
+                len,
+                from: used,
+            }),
             want: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
@@ -567,7 +574,11 @@ impl Mapping {
             let mut r = self.shared.region.lock().unwrap_or_else(|e| e.into_inner());
             let addr = map_file(file, len)?;
             unmap(r.addr, r.len);
-            *r = Region { addr, len };
+            *r = Region {
+                addr,
+                len,
+                from: off,
+            };
             self.addr = addr;
             self.len = len;
             self.asked = 0;
@@ -901,6 +912,36 @@ mod tests {
         let snap = fs::read(Journal::snapshot_path(dir.path())).unwrap();
         let img = decode_image(&snap[28..]).unwrap();
         assert!(img.nodes.iter().any(|(p, _, _)| p == "/b/c"));
+    }
+
+    #[test]
+    fn mapped_journal_grows_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = vec![b'v'; 1000];
+        {
+            let (mut j, mut core, _) = Journal::open(dir.path(), FsyncPolicy::Never).unwrap();
+            j.set_compact_min(u64::MAX);
+            core.connect(1, Who::DOM0);
+            // About 3 MiB of records: the 1 MiB mapping has to grow twice.
+            for i in 0..3500 {
+                let mut p = format!("/g/k{i}").into_bytes();
+                p.push(0);
+                p.extend_from_slice(&value);
+                let mut out = Outbox::default();
+                core.handle(1, &Message::new(MsgType::Write, 0, 0, p), &mut out);
+                j.append(&core.take_journal()).unwrap();
+            }
+            assert!(j.size() > 3 << 20);
+        }
+        let jp = Journal::journal_path(dir.path());
+        let len = fs::metadata(&jp).unwrap().len();
+        assert!(len >= 4 << 20, "preallocated: {len}");
+        let (j, core, rec) = Journal::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!(rec.records, 3500);
+        assert_eq!(rec.discarded_bytes, 0);
+        assert_eq!(core.store().get("/g/k3499").unwrap().value, value);
+        assert_eq!(core.store().get("/g/k0").unwrap().value, value);
+        drop(j);
     }
 
     #[test]
