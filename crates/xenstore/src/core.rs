@@ -9,11 +9,45 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use crate::perms::{Perm, Perms};
-use crate::store::{basename, canonicalize, join, parent, Node, Store};
-use crate::wire::{join_strings, split_strings, Errno, Message, MsgType, PAYLOAD_MAX};
+use crate::store::{basename, canonical, canonicalize, join, parent, Node, Store};
+use crate::wire::{join_strings, split_strings, Errno, Header, Message, MsgType, PAYLOAD_MAX};
 
 /// Identifies a connection inside the core.
 pub type ConnId = u64;
+
+/// A hasher for small integer keys the daemon assigns itself (connection ids, tokens): one
+/// multiplication instead of SipHash. Not for keys a client chooses (paths keep SipHash).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A map keyed by daemon-assigned ids (see [`IdHasher`]).
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A set of daemon-assigned ids (see [`IdHasher`]).
+pub type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Name of the special watch fired when a domain is introduced.
 pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
@@ -219,13 +253,21 @@ struct Change {
     removed: Option<Vec<(String, Perms)>>,
 }
 
+/// A node as a transaction sees it.
+#[derive(Debug)]
+struct TxNode {
+    /// Generation in the store at first access (`None`: absent), for conflict detection.
+    seen: Option<u64>,
+    /// The transaction's version: a snapshot taken at first access, then its own changes.
+    node: Option<Node>,
+    /// Changed by the transaction.
+    dirty: bool,
+}
+
 #[derive(Debug, Default)]
 struct TxState {
-    /// Every node the transaction has seen (snapshot at first access) or changed.
-    overlay: HashMap<String, Option<Node>>,
-    /// Paths the transaction changed.
-    dirty: HashSet<String>,
-    accessed: HashMap<String, Option<u64>>,
+    /// Every node the transaction has seen or changed (one entry, one key per path).
+    nodes: HashMap<String, TxNode>,
     ops: Vec<JOp>,
     changes: Vec<Change>,
     owner_delta: HashMap<u32, i64>,
@@ -243,7 +285,7 @@ struct WatchRef {
 #[derive(Debug)]
 struct Conn {
     who: Who,
-    txs: HashMap<u32, TxState>,
+    txs: IdMap<u32, TxState>,
     next_tx: u32,
     /// (absolute key, token)
     watches: HashSet<(String, String)>,
@@ -261,6 +303,8 @@ struct OpCtx {
     privileged: bool,
     target: Option<u32>,
     checks: bool,
+    /// Record the [`Change`]s (for watches). Off for a plain request while no watch exists.
+    record: bool,
 }
 
 impl OpCtx {
@@ -270,6 +314,7 @@ impl OpCtx {
             privileged: creator.is_none(),
             target: None,
             checks: false,
+            record: true,
         }
     }
 
@@ -320,21 +365,25 @@ enum View<'a> {
 impl View<'_> {
     /// First access: remember the generation (for conflict detection) and snapshot the node
     /// (for isolation: the transaction keeps seeing it as it was).
-    fn note(store: &Store, tx: &mut TxState, p: &str) {
-        if !tx.accessed.contains_key(p) {
+    fn note<'t>(store: &Store, tx: &'t mut TxState, p: &str) -> &'t mut TxNode {
+        if !tx.nodes.contains_key(p) {
             let n = store.get(p);
-            tx.accessed.insert(p.to_string(), n.map(|n| n.gen));
-            tx.overlay.insert(p.to_string(), n.cloned());
+            tx.nodes.insert(
+                p.to_string(),
+                TxNode {
+                    seen: n.map(|n| n.gen),
+                    node: n.cloned(),
+                    dirty: false,
+                },
+            );
         }
+        tx.nodes.get_mut(p).expect("just inserted")
     }
 
     fn get(&mut self, p: &str) -> Option<&Node> {
         match self {
             View::Direct(s) => s.get(p),
-            View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                tx.overlay.get(p).and_then(|o| o.as_ref())
-            }
+            View::Tx { store, tx } => View::note(store, tx, p).node.as_ref(),
         }
     }
 
@@ -344,19 +393,23 @@ impl View<'_> {
                 s.modify(p, f);
             }
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
                 tx.local_gen += 1;
                 let g = (1u64 << 62) + tx.local_gen;
-                tx.dirty.insert(p.to_string());
-                if let Some(Some(n)) = tx.overlay.get_mut(p) {
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                let mut moved = None;
+                if let Some(n) = &mut e.node {
                     let old = n.perms.owner();
                     f(n);
                     n.gen = g;
                     let new = n.perms.owner();
                     if old != new {
-                        *tx.owner_delta.entry(old).or_insert(0) -= 1;
-                        *tx.owner_delta.entry(new).or_insert(0) += 1;
+                        moved = Some((old, new));
                     }
+                }
+                if let Some((old, new)) = moved {
+                    *tx.owner_delta.entry(old).or_insert(0) -= 1;
+                    *tx.owner_delta.entry(new).or_insert(0) += 1;
                 }
             }
         }
@@ -366,10 +419,11 @@ impl View<'_> {
         match self {
             View::Direct(s) => s.set(p, n),
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                *tx.owner_delta.entry(n.perms.owner()).or_insert(0) += 1;
-                tx.dirty.insert(p.to_string());
-                tx.overlay.insert(p.to_string(), Some(n));
+                let owner = n.perms.owner();
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                e.node = Some(n);
+                *tx.owner_delta.entry(owner).or_insert(0) += 1;
             }
         }
     }
@@ -380,12 +434,11 @@ impl View<'_> {
                 s.remove_one(p);
             }
             View::Tx { store, tx } => {
-                View::note(store, tx, p);
-                if let Some(Some(n)) = tx.overlay.get(p) {
+                let e = View::note(store, tx, p);
+                e.dirty = true;
+                if let Some(n) = e.node.take() {
                     *tx.owner_delta.entry(n.perms.owner()).or_insert(0) -= 1;
                 }
-                tx.dirty.insert(p.to_string());
-                tx.overlay.insert(p.to_string(), None);
             }
         }
     }
@@ -402,7 +455,7 @@ impl View<'_> {
     fn accessed(&self) -> usize {
         match self {
             View::Direct(_) => 0,
-            View::Tx { tx, .. } => tx.accessed.len(),
+            View::Tx { tx, .. } => tx.nodes.len(),
         }
     }
 }
@@ -504,12 +557,20 @@ fn op_write(
             if ctx.checks && !ctx.privileged && (other + value.len()) as u64 >= q.node_size {
                 return Err(Errno::E2BIG);
             }
-            let mut perms = None;
+            let mut found = false;
+            let mut perms = Perms::dom0_only();
             view.modify(path, |n| {
-                n.value = value.to_vec();
-                perms = Some(n.perms.clone());
+                found = true;
+                n.value.clear();
+                n.value.extend_from_slice(value);
+                if ctx.record {
+                    perms = n.perms.clone();
+                }
             });
-            perms.ok_or(Errno::ENOENT)?
+            if !found {
+                return Err(Errno::ENOENT);
+            }
+            perms
         }
         None => {
             let e = errno_from_parents(view, ctx, path, Errno::ENOENT, Want::Write);
@@ -519,11 +580,13 @@ fn op_write(
             create(view, ctx, q, path, value)?
         }
     };
-    changes.push(Change {
-        path: path.to_string(),
-        perms,
-        removed: None,
-    });
+    if ctx.record {
+        changes.push(Change {
+            path: path.to_string(),
+            perms,
+            removed: None,
+        });
+    }
     Ok(())
 }
 
@@ -538,11 +601,13 @@ fn op_mkdir(
         Ok(()) => Ok(false),
         Err(Errno::ENOENT) => {
             let perms = create(view, ctx, q, path, b"")?;
-            changes.push(Change {
-                path: path.to_string(),
-                perms,
-                removed: None,
-            });
+            if ctx.record {
+                changes.push(Change {
+                    path: path.to_string(),
+                    perms,
+                    removed: None,
+                });
+            }
             Ok(true)
         }
         Err(e) => Err(e),
@@ -614,11 +679,13 @@ fn op_set_perms(
         }
     }
     view.modify(path, |n| n.perms = perms.clone());
-    changes.push(Change {
-        path: path.to_string(),
-        perms: perms.clone(),
-        removed: None,
-    });
+    if ctx.record {
+        changes.push(Change {
+            path: path.to_string(),
+            perms: perms.clone(),
+            removed: None,
+        });
+    }
     Ok(())
 }
 
@@ -644,9 +711,10 @@ fn atoi(s: &str) -> i64 {
     }
 }
 
+/// The payload's only string (exactly one, NUL-terminated).
 fn onearg(payload: &[u8]) -> Result<&str, Errno> {
-    match split_strings(payload) {
-        Some(v) if v.len() == 1 => Ok(v[0]),
+    match payload.split_last() {
+        Some((0, s)) if !s.contains(&0) => std::str::from_utf8(s).map_err(|_| Errno::EINVAL),
         _ => Err(Errno::EINVAL),
     }
 }
@@ -659,7 +727,7 @@ fn ok() -> Vec<u8> {
 #[derive(Debug)]
 pub struct Core {
     store: Store,
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     domains: BTreeMap<u32, Domain>,
     watches: BTreeMap<String, Vec<WatchRef>>,
     special: [Perms; 2],
@@ -704,7 +772,7 @@ impl Core {
     fn empty() -> Core {
         Core {
             store: Store::new(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             domains: BTreeMap::new(),
             watches: BTreeMap::new(),
             special: [Perms::dom0_only(), Perms::dom0_only()],
@@ -735,7 +803,7 @@ impl Core {
             id,
             Conn {
                 who,
-                txs: HashMap::new(),
+                txs: IdMap::default(),
                 next_tx: 1,
                 watches: HashSet::new(),
             },
@@ -769,6 +837,17 @@ impl Core {
     /// (one group per non-transactional change or committed transaction).
     pub fn take_journal(&mut self) -> Vec<Vec<JOp>> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// The journal operations accumulated since the last [`Core::clear_journal`] or
+    /// [`Core::take_journal`], grouped like [`Core::take_journal`]'s.
+    pub fn journal_ops(&self) -> &[Vec<JOp>] {
+        &self.journal
+    }
+
+    /// Forgets the accumulated journal operations (after they were persisted).
+    pub fn clear_journal(&mut self) {
+        self.journal.clear();
     }
 
     /// Whether journal operations are pending.
@@ -892,6 +971,7 @@ impl Core {
             privileged: who.privileged,
             target: self.target_of(who),
             checks: true,
+            record: true,
         }
     }
 
@@ -1001,33 +1081,43 @@ impl Core {
     /// Handles one request from connection `id`, appending the reply and any watch events to
     /// `out`.
     pub fn handle(&mut self, id: ConnId, msg: &Message, out: &mut Outbox) {
+        let h = Header {
+            ty: msg.ty,
+            req_id: msg.req_id,
+            tx_id: msg.tx_id,
+            len: msg.payload.len() as u32,
+        };
+        self.handle_request(id, &h, &msg.payload, out);
+    }
+
+    /// [`Core::handle`] for a request still in the connection's input buffer: `h` is its
+    /// header, `payload` its payload.
+    pub fn handle_request(&mut self, id: ConnId, h: &Header, payload: &[u8], out: &mut Outbox) {
         let Some(who) = self.conns.get(&id).map(|c| c.who) else {
             return;
         };
+        // The reply goes before the watch events the request fired.
         let start = out.msgs.len();
-        let mut events = Outbox::default();
-        let ty = MsgType::from_u32(msg.ty);
+        let ty = MsgType::from_u32(h.ty);
         let result = match ty {
             None | Some(MsgType::WatchEvent) | Some(MsgType::Error) => Err(Errno::ENOSYS),
-            Some(t) => self.dispatch(id, who, t, msg, &mut events),
+            Some(t) => self.dispatch(id, who, t, h.tx_id, payload, out),
         };
         let reply = match result {
             Ok(payload) => Message {
-                ty: msg.ty,
-                req_id: msg.req_id,
-                tx_id: msg.tx_id,
+                ty: h.ty,
+                req_id: h.req_id,
+                tx_id: h.tx_id,
                 payload,
             },
             Err(e) => Message {
                 ty: MsgType::Error as u32,
-                req_id: msg.req_id,
-                tx_id: msg.tx_id,
+                req_id: h.req_id,
+                tx_id: h.tx_id,
                 payload: join_strings(&[e.name()]),
             },
         };
         out.msgs.insert(start, (id, reply));
-        out.msgs.append(&mut events.msgs);
-        out.close.append(&mut events.close);
     }
 
     fn tx_id_ok(&self, id: ConnId, tx: u32) -> Result<(), Errno> {
@@ -1049,9 +1139,11 @@ impl Core {
         out: &mut Outbox,
         f: impl FnOnce(&mut View, &OpCtx, &Quotas, &mut Vec<Change>) -> Result<Option<JOp>, Errno>,
     ) -> Result<(), Errno> {
-        let ctx = self.ctx(who);
+        let mut ctx = self.ctx(who);
         let mut changes = Vec::new();
         if tx == 0 {
+            // Nothing to fire: skip building the changes.
+            ctx.record = !self.watches.is_empty();
             let jop = f(
                 &mut View::Direct(&mut self.store),
                 &ctx,
@@ -1113,22 +1205,27 @@ impl Core {
         id: ConnId,
         who: Who,
         ty: MsgType,
-        msg: &Message,
+        tx: u32,
+        p: &[u8],
         out: &mut Outbox,
     ) -> Result<Vec<u8>, Errno> {
-        let tx = msg.tx_id;
-        let p = &msg.payload;
         match ty {
             MsgType::Read => {
-                let path = canonicalize(onearg(p)?, who.domid)?;
+                let path = canonical(onearg(p)?, who.domid)?;
                 self.tx_id_ok(id, tx)?;
                 self.read_op(id, who, tx, |v, ctx| {
+                    // One lookup when the node exists; errors are worked out like `lookup`.
+                    match v.get(&path) {
+                        Some(n) if ctx.can(&n.perms, Want::Read) => return Ok(n.value.clone()),
+                        Some(_) => return Err(Errno::EACCES),
+                        None => {}
+                    }
                     lookup(v, ctx, &path, Want::Read)?;
-                    Ok(v.get(&path).map(|n| n.value.clone()).unwrap_or_default())
+                    Ok(Vec::new())
                 })
             }
             MsgType::Directory => {
-                let path = canonicalize(onearg(p)?, who.domid)?;
+                let path = canonical(onearg(p)?, who.domid)?;
                 self.tx_id_ok(id, tx)?;
                 let kids = self.read_op(id, who, tx, |v, ctx| {
                     lookup(v, ctx, &path, Want::Read)?;
@@ -1163,7 +1260,7 @@ impl Core {
                 if let Some(i) = special_index(arg) {
                     return Ok(self.special[i].to_wire());
                 }
-                let path = canonicalize(arg, who.domid)?;
+                let path = canonical(arg, who.domid)?;
                 self.read_op(id, who, tx, |v, ctx| {
                     lookup(v, ctx, &path, Want::Read)?;
                     Ok(v.get(&path).map(|n| n.perms.to_wire()).unwrap_or_default())
@@ -1271,7 +1368,7 @@ impl Core {
                 }
                 conn.next_tx = t.wrapping_add(1);
                 conn.txs.insert(t, TxState::default());
-                Ok(join_strings(&[t.to_string()]))
+                Ok(format!("{t}\0").into_bytes())
             }
             MsgType::TransactionEnd => {
                 let arg = onearg(p)?;
@@ -1422,16 +1519,16 @@ impl Core {
     }
 
     fn commit(&mut self, t: TxState, out: &mut Outbox) -> Result<(), Errno> {
-        for (p, seen) in &t.accessed {
-            if self.store.get(p).map(|n| n.gen) != *seen {
+        for (p, e) in &t.nodes {
+            if self.store.get(p).map(|n| n.gen) != e.seen {
                 return Err(Errno::EAGAIN);
             }
         }
-        for (p, v) in t.overlay {
-            if !t.dirty.contains(&p) {
+        for (p, e) in t.nodes {
+            if !e.dirty {
                 continue;
             }
-            match v {
+            match e.node {
                 Some(n) => self.store.set(&p, n),
                 None => {
                     self.store.remove_one(&p);

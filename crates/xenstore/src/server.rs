@@ -6,8 +6,12 @@
 //! events. A connection whose unsent output exceeds [`OUT_HIGH`] is not served until its peer
 //! reads; watch events for a connection whose output exceeds [`OUT_EVENTS_MAX`] are dropped
 //! (counted and logged), so memory stays bounded.
+//!
+//! Sockets are registered for readability only; interest in writability is added while a
+//! connection has unsent output and removed when it drains. (Registered permanently, every reply
+//! the peer consumes would wake the loop once more for nothing: one extra `epoll_wait` per
+//! round trip.)
 
-use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,9 +22,9 @@ use std::time::Duration;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::core::{ConnId, Core, Outbox, Who};
+use crate::core::{ConnId, Core, IdMap, IdSet, Outbox, Who};
 use crate::journal::{FsyncPolicy, Journal, JournalError, Recovery};
-use crate::wire::{self, MsgType, HEADER_LEN};
+use crate::wire::{self, Header, MsgType, HEADER_LEN, PAYLOAD_MAX};
 
 /// Requests handled per connection per loop iteration.
 pub const BATCH: usize = 64;
@@ -89,6 +93,8 @@ struct ConnIo {
     out_pos: usize,
     /// Reading stopped before `WouldBlock` (edge-triggered: must retry ourselves).
     more_to_read: bool,
+    /// Registered for writability too (output is pending).
+    want_write: bool,
     eof: bool,
     dropped_events: u64,
 }
@@ -124,7 +130,9 @@ impl StopHandle {
 pub struct Server {
     poll: Poll,
     listener: UnixListener,
-    conns: HashMap<Token, ConnIo>,
+    conns: IdMap<Token, ConnIo>,
+    /// Scratch buffer for `read(2)` (allocated and zeroed once).
+    rbuf: Vec<u8>,
     core: Core,
     journal: Option<Journal>,
     next_token: usize,
@@ -186,7 +194,8 @@ impl Server {
         Ok(Server {
             poll,
             listener,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
+            rbuf: vec![0; 16384],
             core,
             journal,
             next_token: 2,
@@ -222,7 +231,7 @@ impl Server {
                     if self
                         .poll
                         .registry()
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .register(&mut stream, token, Interest::READABLE)
                         .is_err()
                     {
                         continue;
@@ -239,6 +248,7 @@ impl Server {
                             out: Vec::new(),
                             out_pos: 0,
                             more_to_read: true,
+                            want_write: false,
                             eof: false,
                             dropped_events: 0,
                         },
@@ -252,10 +262,9 @@ impl Server {
         new
     }
 
-    fn read_conn(c: &mut ConnIo) {
-        let mut buf = [0u8; 16384];
+    fn read_conn(c: &mut ConnIo, buf: &mut [u8]) {
         while c.inbuf.len() < IN_MAX {
-            match c.stream.read(&mut buf) {
+            match c.stream.read(buf) {
                 Ok(0) => {
                     c.eof = true;
                     c.more_to_read = false;
@@ -285,8 +294,9 @@ impl Server {
         c.more_to_read = true;
     }
 
-    /// Returns false if the connection broke.
-    fn flush_conn(c: &mut ConnIo) -> bool {
+    /// Returns false if the connection broke. Keeps the writability interest in step with
+    /// whether output is left.
+    fn flush_conn(registry: &mio::Registry, token: Token, c: &mut ConnIo) -> bool {
         while c.out_pos < c.out.len() {
             match c.stream.write(&c.out[c.out_pos..]) {
                 Ok(0) => return false,
@@ -302,6 +312,18 @@ impl Server {
         } else if c.out_pos > (64 << 10) && c.out_pos * 2 > c.out.len() {
             c.out.drain(..c.out_pos);
             c.out_pos = 0;
+        }
+        let want = c.pending_out() > 0;
+        if want != c.want_write {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry.reregister(&mut c.stream, token, interest).is_err() {
+                return false;
+            }
+            c.want_write = want;
         }
         true
     }
@@ -346,27 +368,31 @@ impl Server {
         let mut lines = Vec::new();
         let mut broken = false;
         while handled < BATCH {
-            match wire::decode(&c.inbuf[consumed..]) {
-                Ok(Some((msg, n))) => {
-                    consumed += n;
-                    handled += 1;
-                    if log {
-                        lines.push(format!(
-                            "conn {id} req {:?} tx {} {}",
-                            MsgType::from_u32(msg.ty),
-                            msg.tx_id,
-                            String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(256)])
-                                .replace('\0', " ")
-                        ));
-                    }
-                    self.core.handle(id, &msg, out);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
+            // Decoded in place: the payload is handed to the core as a slice of the buffer.
+            let buf = &c.inbuf[consumed..];
+            let Some(hb) = buf.first_chunk::<HEADER_LEN>() else {
+                break;
+            };
+            let h = Header::decode(hb);
+            if h.len as usize > PAYLOAD_MAX {
+                broken = true;
+                break;
             }
+            let total = HEADER_LEN + h.len as usize;
+            let Some(payload) = buf.get(HEADER_LEN..total) else {
+                break;
+            };
+            if log {
+                lines.push(format!(
+                    "conn {id} req {:?} tx {} {}",
+                    MsgType::from_u32(h.ty),
+                    h.tx_id,
+                    String::from_utf8_lossy(&payload[..payload.len().min(256)]).replace('\0', " ")
+                ));
+            }
+            self.core.handle_request(id, &h, payload, out);
+            consumed += total;
+            handled += 1;
         }
         let c = self.conns.get_mut(&token).expect("conn present");
         c.inbuf.drain(..consumed);
@@ -384,11 +410,14 @@ impl Server {
         true
     }
 
-    fn deliver(&mut self, out: &mut Outbox) -> HashSet<Token> {
-        let mut touched = HashSet::new();
+    /// Queues the outbox's messages on their connections; the tokens that got output are
+    /// appended to `touched` (possibly repeated).
+    fn deliver(&mut self, out: &mut Outbox, touched: &mut Vec<Token>) {
         for (to, msg) in out.msgs.drain(..) {
             let token = Token(to as usize);
-            touched.insert(token);
+            if touched.last() != Some(&token) {
+                touched.push(token);
+            }
             let Some(c) = self.conns.get_mut(&token) else {
                 continue;
             };
@@ -405,31 +434,35 @@ impl Server {
             msg.encode_into(&mut c.out);
         }
         for id in std::mem::take(&mut out.close) {
-            touched.remove(&Token(id as usize));
+            // Closed connections are skipped by the flush (no longer in `conns`).
             self.close(Token(id as usize));
         }
-        touched
     }
 
     /// Runs the event loop until stopped.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(1024);
         // Connections with possible work: events seen, or work left from the last round.
-        let mut active: HashSet<Token> = HashSet::new();
+        let mut active: IdSet<Token> = IdSet::default();
         let mut out = Outbox::default();
+        // Reused every iteration.
+        let mut work: Vec<Token> = Vec::new();
+        let mut touched: Vec<Token> = Vec::new();
+        let mut dead: Vec<Token> = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
+            // Idle: sleep until an event (stopping wakes the loop through the waker); no timer
+            // to arm and cancel around every sleep.
             let timeout = if active.is_empty() {
-                Duration::from_millis(500)
+                None
             } else {
-                Duration::ZERO
+                Some(Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(sio("poll", &self.socket)(e));
             }
-            let mut dead = Vec::new();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => {
@@ -445,18 +478,19 @@ impl Server {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             c.more_to_read = true;
                         }
-                        if ev.is_writable() && !Server::flush_conn(c) {
+                        if ev.is_writable() && !Server::flush_conn(self.poll.registry(), t, c) {
                             dead.push(t);
                         }
                         active.insert(t);
                     }
                 }
             }
-            let work: Vec<Token> = active.drain().collect();
+            work.clear();
+            work.extend(active.drain());
             for t in &work {
                 if let Some(c) = self.conns.get_mut(t) {
                     if c.more_to_read && c.inbuf.len() < IN_MAX {
-                        Server::read_conn(c);
+                        Server::read_conn(c, &mut self.rbuf);
                     }
                 }
             }
@@ -473,9 +507,12 @@ impl Server {
             }
             // Durability before acknowledgement.
             if self.core.journal_pending() {
-                let groups = self.core.take_journal();
                 if let Some(j) = &mut self.journal {
-                    j.append(&groups)?;
+                    j.append(self.core.journal_ops())?;
+                }
+                // Keeps the list's capacity for the next round.
+                self.core.clear_journal();
+                if let Some(j) = &mut self.journal {
                     if j.wants_compaction() {
                         j.compact(&self.core)?;
                     }
@@ -483,15 +520,16 @@ impl Server {
             }
             // Flush in connection order (oldest first): deterministic, and matches how C
             // xenstored walks its connection list.
-            let mut touched: Vec<Token> = self.deliver(&mut out).into_iter().collect();
+            touched.clear();
+            self.deliver(&mut out, &mut touched);
             touched.extend(work.iter().copied());
             touched.sort_unstable();
             touched.dedup();
-            for t in touched {
+            for &t in &touched {
                 let Some(c) = self.conns.get_mut(&t) else {
                     continue;
                 };
-                if c.pending_out() > 0 && !Server::flush_conn(c) {
+                if c.pending_out() > 0 && !Server::flush_conn(self.poll.registry(), t, c) {
                     dead.push(t);
                     continue;
                 }
@@ -504,7 +542,7 @@ impl Server {
                     active.insert(t);
                 }
             }
-            for t in dead {
+            for t in dead.drain(..) {
                 active.remove(&t);
                 self.close(t);
             }
@@ -516,8 +554,9 @@ impl Server {
     }
 }
 
+/// A complete frame (or a framing error, which processing turns into a close) is buffered.
 fn has_frame(c: &ConnIo) -> bool {
-    c.inbuf.len() >= HEADER_LEN && wire::decode(&c.inbuf).map(|r| r.is_some()).unwrap_or(true)
+    wire::frame_len(&c.inbuf).map_or(true, |r| r.is_some())
 }
 
 impl Drop for Server {

@@ -1,5 +1,6 @@
 //! The node tree: a flat map from absolute path to node, plus path helpers.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::perms::Perms;
@@ -232,13 +233,18 @@ fn valid_chars(p: &str) -> bool {
 /// Makes `path` absolute for a caller whose home is `/local/domain/<domid>` and validates it
 /// like `is_valid_nodename()`.
 pub fn canonicalize(path: &str, domid: u32) -> Result<String, Errno> {
+    canonical(path, domid).map(Cow::into_owned)
+}
+
+/// [`canonicalize`] without copying a path that is already absolute.
+pub fn canonical(path: &str, domid: u32) -> Result<Cow<'_, str>, Errno> {
     let abs = if path.starts_with('/') {
-        path.to_string()
+        Cow::Borrowed(path)
     } else {
         if path.len() > REL_PATH_MAX {
             return Err(Errno::EINVAL);
         }
-        format!("/local/domain/{domid}/{path}")
+        Cow::Owned(format!("/local/domain/{domid}/{path}"))
     };
     if abs.len() > ABS_PATH_MAX
         || !valid_chars(&abs)

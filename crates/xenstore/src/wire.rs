@@ -317,6 +317,20 @@ pub enum FrameError {
     TooLong(u32),
 }
 
+/// The length of the complete frame at the front of `buf` (header and payload), without
+/// copying it: `Ok(None)` if more bytes are needed, an error if the frame can never be valid.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let Some(hb) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let h = Header::decode(hb);
+    if h.len as usize > PAYLOAD_MAX {
+        return Err(FrameError::TooLong(h.len));
+    }
+    let total = HEADER_LEN + h.len as usize;
+    Ok((buf.len() >= total).then_some(total))
+}
+
 /// Tries to decode one message from the front of `buf`.
 ///
 /// Returns `Ok(Some((msg, consumed)))` for a complete frame, `Ok(None)` if more bytes are
@@ -384,6 +398,9 @@ mod tests {
         assert_eq!(n, 20);
         assert_eq!(d, m);
         assert_eq!(decode(&enc[..19]).unwrap(), None);
+        assert_eq!(frame_len(&enc), Ok(Some(20)));
+        assert_eq!(frame_len(&enc[..19]), Ok(None));
+        assert_eq!(frame_len(&enc[..15]), Ok(None));
     }
 
     #[test]
