@@ -963,6 +963,15 @@ mod snapshot_tests {
         request(&mut d3, &mem, 2);
     }
 
+    /// Waits (up to 10 s) for a used ring's index, read by `used_idx`, to reach `n`.
+    fn wait_used_idx(used_idx: impl Fn() -> u16, n: u16) {
+        let start = std::time::Instant::now();
+        while used_idx() != n {
+            assert!(start.elapsed().as_secs() < 10, "used {} of {n}", used_idx());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// A virtio-blk device on a raw image, driven through the transport like a guest driver:
     /// descriptors 3i..3i+2 are request i's header, data (4 KiB) and status byte.
     struct BlkRig {
@@ -1074,15 +1083,7 @@ mod snapshot_tests {
         }
 
         fn wait_used(&self, n: u16) {
-            let start = std::time::Instant::now();
-            while self.used_idx() != n {
-                assert!(
-                    start.elapsed().as_secs() < 10,
-                    "used {} of {n}",
-                    self.used_idx()
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            wait_used_idx(|| self.used_idx(), n);
         }
 
         /// (head, len) of used entries `from..to`.
@@ -1334,15 +1335,7 @@ mod snapshot_tests {
         }
 
         fn wait_used(&self, n: u16) {
-            let start = std::time::Instant::now();
-            while self.used_idx() != n {
-                assert!(
-                    start.elapsed().as_secs() < 10,
-                    "used {} of {n}",
-                    self.used_idx()
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            wait_used_idx(|| self.used_idx(), n);
         }
 
         /// The frame in used entries `from..to`: the bytes of each buffer, joined.

@@ -144,24 +144,9 @@ pub fn count_in(path: &Path, needle: &str) -> usize {
         .count()
 }
 
-/// Host commands run on drop, in reverse order: deletes namespaces, links and processes the
-/// test created, whether it passed or not.
-#[derive(Default)]
-pub struct Undo(Vec<String>);
-
-impl Undo {
-    pub fn push(&mut self, cmd: impl Into<String>) {
-        self.0.push(cmd.into());
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("sh").args(["-c", c]).output();
-        }
-    }
-}
+/// Host clean-up on drop (namespaces, links and processes a test created): the test kit's.
+#[allow(unused_imports)] // not every test binary that includes this module cleans up hosts
+pub use rxen_testkit::Undo;
 
 /// Prints the host's logs (supervisors, VMMs, consoles, toolstack) when the test fails.
 pub struct DumpLogsOnPanic(pub PathBuf);
