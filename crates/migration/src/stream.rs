@@ -660,7 +660,10 @@ pub struct RelayEvent<'a> {
 
 /// Copies one stream from `r` to `w` (libxl header, records, up to and including END) without
 /// decoding it, calling `seen` for each record; stops right after END so that whatever follows
-/// on `r` (a migration handshake) stays unread. Returns the bytes copied.
+/// on `r` (a migration handshake) stays unread. `w` is flushed after every record that is not
+/// PAGES: a pre-copy round's end and the switchover's state move on at once instead of waiting in
+/// a buffer for more pages (a live migration's downtime would include them). Returns the bytes
+/// copied.
 pub fn relay(
     r: &mut impl Read,
     w: &mut impl Write,
@@ -700,8 +703,10 @@ pub fn relay(
             body: &body[..len as usize],
             bytes,
         });
-        if rtype == T_END {
+        if rtype != T_PAGES {
             w.flush().map_err(io("forwarding the stream"))?;
+        }
+        if rtype == T_END {
             return Ok(bytes);
         }
     }

@@ -235,6 +235,17 @@ pub struct VcpuControl {
     /// vCPUs the guest ejected (CPU hot-unplug): their threads stay parked while the domain
     /// runs, until the vCPU is added again. Changed under the state lock.
     offline: [std::sync::atomic::AtomicU64; 4],
+    /// When the first running vCPU parked after the last change to `Paused` (µs since the
+    /// epoch, 0 = none yet): the guest stopped running there. Changed under the state lock.
+    stopped_at_us: std::sync::atomic::AtomicU64,
+}
+
+/// Microseconds since the Unix epoch (wall clock: the two ends of a migration compare them).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl VcpuControl {
@@ -247,6 +258,7 @@ impl VcpuControl {
             kick_signal,
             nmi_pending: std::sync::atomic::AtomicU64::new(0),
             offline: Default::default(),
+            stopped_at_us: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -297,8 +309,23 @@ impl VcpuControl {
 
     /// Sets the desired state and wakes parked vCPUs.
     pub fn set_state(&self, s: RunState) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = s;
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s == RunState::Paused && g.0 != RunState::Paused {
+            self.stopped_at_us
+                .store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+        g.0 = s;
         self.cv.notify_all();
+    }
+
+    /// When the first running vCPU parked since the domain was last paused (µs since the
+    /// epoch): where the guest stopped running. None if no running vCPU parked since.
+    pub fn stopped_at_unix_us(&self) -> Option<u64> {
+        let _g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match self.stopped_at_us.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     /// Waits until `n` vCPUs are parked, calling `kick` between waits. Returns false on timeout.
@@ -311,9 +338,12 @@ impl VcpuControl {
             drop(g);
             kick();
             g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            // The count is checked again before waiting: a kicked vCPU usually parks (and
+            // notifies) before this thread has the lock back, and a plain wait would miss that
+            // notification and sleep the whole timeout (5 ms of every pause and migration).
             let (ng, _) = self
                 .cv
-                .wait_timeout(g, std::time::Duration::from_millis(5))
+                .wait_timeout_while(g, std::time::Duration::from_millis(5), |s| s.1 < n)
                 .unwrap_or_else(|e| e.into_inner());
             g = ng;
         }
@@ -339,6 +369,12 @@ impl VcpuControl {
             return true;
         }
         g.1 += 1;
+        if g.0 == RunState::Paused
+            && self.stopped_at_us.load(std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            self.stopped_at_us
+                .store(unix_us(), std::sync::atomic::Ordering::SeqCst);
+        }
         self.cv.notify_all();
         let mut settled = false;
         while self.must_park(g.0, id) {

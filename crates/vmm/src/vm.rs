@@ -42,7 +42,9 @@ use crate::{acpi, boot, console, ExitCode};
 mod coredump;
 mod snapshot;
 pub use coredump::CoreSummary;
-pub use snapshot::{LiveOpts, LiveSummary, SaveSummary, SnapshotError, StreamMeta};
+pub use snapshot::{
+    LiveOpts, LiveSummary, RestoreTimes, SaveSummary, SnapshotError, StreamMeta, SwitchoverTimes,
+};
 
 /// Errors building or running a domain.
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +401,13 @@ pub struct Vm {
     balloon: Option<BalloonHandle>,
     /// Requested (hard, soft) affinity of each vCPU (empty = every CPU).
     affinity: Vec<(Vec<u32>, Vec<u32>)>,
+    /// Device workers a successful live migration quiesced (with dirty logging still on), until
+    /// [`Vm::finish_migration`].
+    migration_leftover: Option<Vec<bool>>,
+    /// KVM's dirty log is on (a live migration; turned off before the vCPUs run again).
+    dirty_log_on: bool,
+    /// When a restore's stages ended (logged at the first unpause).
+    restore_times: Option<snapshot::RestoreTimes>,
     /// Host mappings of guest RAM: declared last so they are unmapped after everything else.
     ram: Option<boot::RamMappings>,
 }
@@ -776,6 +785,9 @@ impl Vm {
             _stdin_guard: stdin_guard,
             balloon,
             affinity,
+            migration_leftover: None,
+            dirty_log_on: false,
+            restore_times: None,
             ram: Some(ram),
         })
     }
@@ -1151,9 +1163,15 @@ impl Vm {
                 return ExitCode::Error;
             }
         };
+        if let Some(t) = &mut self.restore_times {
+            t.api_up = snapshot::unix_us();
+        }
         if let Err(e) = self.start_vcpus() {
             tracing::error!("{e}");
             return ExitCode::Error;
+        }
+        if let Some(t) = &mut self.restore_times {
+            t.vcpus_started = snapshot::unix_us();
         }
         let (code, kind, reason) = match self.event_loop(&mut server, &signals) {
             Ok(r) => r,
@@ -1389,8 +1407,13 @@ impl Vm {
                     server.reply(token, id, Err(format!("cannot resume: {e}")));
                     return None;
                 }
+                self.end_dirty_log();
                 self.control.set_state(RunState::Running);
                 server.reply(token, id, Ok(ok));
+                if let Some(mut t) = self.restore_times.take() {
+                    t.resumed = snapshot::unix_us();
+                    tracing::info!("restore timing (unix µs): {t:?}");
+                }
                 server.broadcast(&Event {
                     v: api::API_VERSION,
                     event: EventKind::Resumed,
@@ -1501,8 +1524,13 @@ impl Vm {
                 // Pre-copy runs while the guest runs; on success the domain stays paused.
                 match self.migrate_to_socket(&path, &opts) {
                     Ok(sum) => {
+                        server.reply(
+                            token,
+                            id,
+                            Ok(serde_json::to_value(&sum).unwrap_or_default()),
+                        );
+                        self.finish_migration();
                         tracing::info!("migration stream sent: {sum:?}");
-                        server.reply(token, id, Ok(serde_json::to_value(sum).unwrap_or_default()))
                     }
                     Err(e) => {
                         tracing::warn!("migration failed, the domain runs on: {e}");

@@ -5,8 +5,8 @@
 //!
 //!     cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture
 //!
-//! Downtime is measured like the toolstack measures it: from the source VMM's pause (its
-//! `paused_at_unix_ms`) to the destination VMM's answer to `unpause`, with the destination fed
+//! Downtime is measured like the toolstack measures it, in µs: from the source VMM's pause (its
+//! `paused_at_unix_us`) to the destination VMM's answer to `unpause`, with the destination fed
 //! through a FIFO while the stream is produced (as `xl migrate-receive` does).
 
 mod common;
@@ -64,11 +64,16 @@ const DIRTY_GUEST: &str = r#"
 ready: .asciz "ready\n"
 "#;
 
-fn now_ms() -> u64 {
+fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Milliseconds with 0.01 ms resolution, from microseconds.
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
 }
 
 fn connect(p: &Path) -> ApiClient {
@@ -82,7 +87,9 @@ fn connect(p: &Path) -> ApiClient {
             "API socket {} never accepted",
             p.display()
         );
-        std::thread::sleep(Duration::from_millis(1));
+        // Fine-grained: the destination's socket appears during the downtime, and this poll's
+        // own period must not be what is measured (QEMU's side has no poll).
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
@@ -195,13 +202,42 @@ fn benchmark_migrate_save_restore_throughput() {
     );
 }
 
-/// One live migration of `kernel` with `mem_mib` of RAM to a new VMM process; returns
-/// (downtime ms, total ms, summary).
-fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, serde_json::Value) {
+/// What one live migration measured.
+struct Live {
+    /// Source pause → the destination's answer to `unpause`, µs.
+    down_us: u64,
+    /// The `migrate_send` request → the destination's answer to `unpause`, ms.
+    total_ms: u64,
+    /// The source's summary.
+    sum: serde_json::Value,
+    /// Stages, µs after the source's pause: the source's (from its summary) then the
+    /// destination's (from the timing line its log has at the first `unpause`).
+    stages: Vec<(&'static str, u64)>,
+}
+
+/// The `name: value` pairs of the destination VMM's `restore timing` log line.
+fn restore_times(log: &str) -> Vec<(String, u64)> {
+    let Some(line) = log.lines().find(|l| l.contains("restore timing")) else {
+        return vec![];
+    };
+    let body = line
+        .rsplit('{')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(['}', ' ']);
+    body.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One live migration of `kernel` with `mem_mib` of RAM to a new VMM process.
+fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> Live {
     let sock = dir.join(format!("{tag}-src.sock"));
     let mut a = spawn(kernel, mem_mib, &sock, &[]);
     let mut c = connect(&sock);
-    std::thread::sleep(Duration::from_secs(2));
     let fifo = dir.join(format!("{tag}.fifo"));
     let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a NUL-terminated path.
@@ -213,6 +249,9 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, s
         &sock_b,
         &["--restore", fifo.to_str().unwrap(), "--paused"],
     );
+    // The guest boots, and the destination is built and waits on its FIFO before the migration
+    // starts (as the QEMU runs below give their destination a second).
+    std::thread::sleep(Duration::from_secs(2));
     let mig = dir.join(format!("{tag}-mig.sock"));
     let listener = std::os::unix::net::UnixListener::bind(&mig).unwrap();
     let f2 = fifo.clone();
@@ -242,6 +281,7 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, s
                 log_of(&sock_b)
             )
         });
+    let answered = now_us();
     if let Err(e) = relay.join().unwrap() {
         panic!(
             "relaying to the destination failed: {e}\n--- source log:\n{}\n--- destination log:\n{}",
@@ -249,18 +289,91 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> (u64, u64, s
             log_of(&sock_b)
         );
     }
+    let relayed = now_us();
     // The destination's API comes up once its restore is complete.
     let mut d = connect(&sock_b);
+    let connected = now_us();
     d.request(Command::Unpause).unwrap();
-    let resumed = now_ms();
-    let total = t.elapsed().as_millis() as u64;
+    let resumed = now_us();
+    let total_ms = t.elapsed().as_millis() as u64;
     assert_eq!(d.info().unwrap().state, "running");
-    let paused_at = sum["paused_at_unix_ms"].as_u64().unwrap();
+    let paused_at = sum["paused_at_unix_us"].as_u64().unwrap();
     c.request(Command::Destroy).unwrap();
     d.request(Command::Destroy).unwrap();
     let _ = wait_child(a.0.take().unwrap(), T);
     let _ = wait_child(b.0.take().unwrap(), T);
-    (resumed.saturating_sub(paused_at), total, sum)
+    let mut stages = Vec::new();
+    let sw = &sum["switchover_us"];
+    for k in [
+        "stop_latency",
+        "parked",
+        "quiesced",
+        "vcpu_state",
+        "dirty_log",
+        "final_pages",
+        "machine_state",
+        "end",
+    ] {
+        stages.push((k, sw[k].as_u64().unwrap_or(0)));
+    }
+    stages.push(("final_kib", sw["bytes"].as_u64().unwrap_or(0) / 1024));
+    let dst = restore_times(&log_of(&sock_b));
+    for k in [
+        "end",
+        "applied",
+        "locked",
+        "api_up",
+        "vcpus_started",
+        "resumed",
+    ] {
+        let v = dst.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+        let name: &'static str = match k {
+            "end" => "dst_end_read",
+            "applied" => "dst_applied",
+            "locked" => "dst_locked",
+            "api_up" => "dst_api_up",
+            "vcpus_started" => "dst_vcpus_started",
+            _ => "dst_resumed",
+        };
+        stages.push((name, v.saturating_sub(paused_at)));
+    }
+    for (k, t) in [
+        ("source_answered", answered),
+        ("relay_done", relayed),
+        ("dst_connected", connected),
+    ] {
+        stages.push((k, t.saturating_sub(paused_at)));
+    }
+    Live {
+        down_us: resumed.saturating_sub(paused_at),
+        total_ms,
+        sum,
+        stages,
+    }
+}
+
+/// Median of `v` (sorted in place).
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// `name median` of each stage over `runs` (µs after the source's pause, as ms).
+fn stage_medians(runs: &[Live]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    (0..first.stages.len())
+        .map(|i| {
+            let mut v: Vec<u64> = runs.iter().map(|r| r.stages[i].1).collect();
+            let (name, m) = (first.stages[i].0, median(&mut v));
+            match name.strip_suffix("_kib") {
+                Some(n) => format!("{n} {m} KiB"),
+                None => format!("{name} {}", ms(m)),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
@@ -283,20 +396,20 @@ fn benchmark_migrate_live_downtime_tiny_guests() {
     .into_iter()
     .enumerate()
     {
-        let mut downs = Vec::new();
-        let mut last = serde_json::Value::Null;
-        let mut totals = Vec::new();
-        for i in 0..3 {
-            let (down, total, sum) = live_once(dir.path(), k, mem, &format!("m{n}-{i}"));
-            downs.push(down);
-            totals.push(total);
-            last = sum;
-        }
+        let runs: Vec<Live> = (0..3)
+            .map(|i| live_once(dir.path(), k, mem, &format!("m{n}-{i}")))
+            .collect();
+        let mut downs: Vec<u64> = runs.iter().map(|r| r.down_us).collect();
+        let mut totals: Vec<u64> = runs.iter().map(|r| r.total_ms).collect();
         downs.sort_unstable();
-        totals.sort_unstable();
         println!(
-            "benchmark_migrate live {name}: downtime (source pause → destination running) median {} ms (min {}, max {}), total median {} ms; last summary {last}",
-            downs[1], downs[0], downs[2], totals[1]
+            "benchmark_migrate live {name}: downtime (source pause → destination running) median {} ms (min {}, max {}), total median {} ms; stages (ms after the pause, medians): {}; last summary {}",
+            ms(downs[1]),
+            ms(downs[0]),
+            ms(downs[2]),
+            median(&mut totals),
+            stage_medians(&runs),
+            runs[2].sum
         );
     }
 }
@@ -352,17 +465,17 @@ impl Qmp {
         }
     }
 
-    /// Unix time in ms of the first event named `name` received so far.
-    fn event_ms(&self, name: &str) -> Option<u64> {
+    /// Unix time in µs of the first event named `name` received so far.
+    fn event_us(&self, name: &str) -> Option<u64> {
         let e = self.events.iter().find(|e| e["event"] == name)?;
         let t = &e["timestamp"];
-        Some(t["seconds"].as_u64()? * 1000 + t["microseconds"].as_u64()? / 1000)
+        Some(t["seconds"].as_u64()? * 1_000_000 + t["microseconds"].as_u64()?)
     }
 }
 
 /// One QEMU live migration (KVM, `-M pc`, `mem_mib`) of an idle guest: a 64 KiB "BIOS" whose
-/// reset vector halts. Returns (source STOP → destination RESUME, QEMU's own downtime figure,
-/// QEMU's total time), in ms.
+/// reset vector halts. Returns (source STOP → destination RESUME in µs, QEMU's own downtime
+/// figure in ms, QEMU's total time in ms).
 fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
     let bios = dir.join("halt-bios.bin");
     if !bios.exists() {
@@ -438,8 +551,8 @@ fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
         std::thread::sleep(Duration::from_millis(2));
     }
     // The same definition as rxen's: source stopped (STOP event) → destination runs (RESUME).
-    let stop = qa.event_ms("STOP").expect("source STOP event");
-    let resume = qb.event_ms("RESUME").expect("destination RESUME event");
+    let stop = qa.event_us("STOP").expect("source STOP event");
+    let resume = qb.event_us("RESUME").expect("destination RESUME event");
     (
         resume.saturating_sub(stop),
         info["downtime"].as_u64().unwrap_or(0),
@@ -464,29 +577,54 @@ fn benchmark_migrate_live_downtime_vs_qemu_idle() {
     let dir = tempfile::tempdir().unwrap();
     let idle = build_guest(dir.path(), "idle", &guest(IDLE_GUEST));
     for mem in [256u32, 1024, 2048] {
-        let (mut rx, mut rt) = (Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         let (mut qd, mut qown, mut qt) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..5 {
-            let (d, t, _) = live_once(dir.path(), &idle, mem, &format!("r{mem}-{i}"));
-            rx.push(d);
-            rt.push(t);
+            runs.push(live_once(dir.path(), &idle, mem, &format!("r{mem}-{i}")));
             let (d, own, t) = qemu_once(dir.path(), mem, &format!("q{mem}-{i}"));
             qd.push(d);
             qown.push(own);
             qt.push(t);
         }
-        for v in [&mut rx, &mut rt, &mut qd, &mut qown, &mut qt] {
-            v.sort_unstable();
-        }
+        let mut rx: Vec<u64> = runs.iter().map(|r| r.down_us).collect();
+        let mut rt: Vec<u64> = runs.iter().map(|r| r.total_ms).collect();
+        let (rxm, qdm) = (median(&mut rx), median(&mut qd));
+        let (rtm, qtm) = (median(&mut rt), median(&mut qt));
         println!(
-            "benchmark_migrate idle {mem} MiB, same run, medians of 5: downtime (source stop → destination running) rxen {} ms vs QEMU {} ms (QEMU's own downtime figure {} ms), QEMU/rxen = {:.2}; total time rxen {} ms vs QEMU {} ms, QEMU/rxen = {:.2}",
-            rx[2],
-            qd[2],
-            qown[2],
-            qd[2] as f64 / rx[2].max(1) as f64,
-            rt[2],
-            qt[2],
-            qt[2] as f64 / rt[2].max(1) as f64
+            "benchmark_migrate idle {mem} MiB, same run, medians of 5: downtime (source stop → destination running) rxen {} ms vs QEMU {} ms (QEMU's own downtime figure {} ms), QEMU/rxen = {:.2}; total time rxen {rtm} ms vs QEMU {qtm} ms, QEMU/rxen = {:.2}; all downtimes rxen [{}] QEMU [{}]; rxen stages (ms after the pause, medians): {}",
+            ms(rxm),
+            ms(qdm),
+            median(&mut qown),
+            qdm as f64 / rxm.max(1) as f64,
+            qtm as f64 / rtm.max(1) as f64,
+            rx.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(" "),
+            qd.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(" "),
+            stage_medians(&runs),
+        );
+    }
+}
+
+/// One size's switchover, run by run: `RXEN_BENCH_MIGRATE_MIB` (default 1024) MiB idle guests,
+/// 5 migrations, each with its stages (µs after the source's stop).
+#[test]
+#[ignore = "benchmark: cargo test --release -p rxen-vmm --test bench_migrate -- --ignored --nocapture"]
+fn benchmark_migrate_switchover_profile() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let idle = build_guest(dir.path(), "idle", &guest(IDLE_GUEST));
+    let mem: u32 = std::env::var("RXEN_BENCH_MIGRATE_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    for i in 0..5 {
+        let r = live_once(dir.path(), &idle, mem, &format!("p{i}"));
+        let stages: Vec<String> = r.stages.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "benchmark_migrate switchover idle {mem} MiB, run {i}: downtime {} ms; stages (µs after the stop): {}",
+            ms(r.down_us),
+            stages.join(", ")
         );
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+pub(super) use crate::cpu::unix_us;
 
 /// Errors saving or restoring a domain.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
 }
+
+/// A live migration's round 0 sends what it found at least this often (bytes of RAM scanned).
+const LIVE_FLUSH_BYTES: u64 = 32 << 20;
 
 fn kerr(op: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
     let op = op.into();
@@ -162,12 +166,17 @@ pub struct SaveSummary {
     pub millis: u64,
 }
 
-fn msr_indices() -> Vec<u32> {
+/// The MSRs KVM saves (asked once per process: the host's KVM does not change).
+fn msr_indices() -> Arc<Vec<u32>> {
+    static LIST: std::sync::OnceLock<Arc<Vec<u32>>> = std::sync::OnceLock::new();
+    if let Some(l) = LIST.get() {
+        return l.clone();
+    }
     match Kvm::new().and_then(|k| k.get_msr_index_list()) {
-        Ok(l) => l.as_slice().to_vec(),
+        Ok(l) => LIST.get_or_init(|| Arc::new(l.as_slice().to_vec())).clone(),
         Err(e) => {
             tracing::warn!("KVM_GET_MSR_INDEX_LIST: {e}");
-            vec![]
+            Arc::new(vec![])
         }
     }
 }
@@ -244,9 +253,17 @@ fn capture_vcpu(vcpu: &VcpuFd, id: u8, msr_list: &[u32]) -> Result<VcpuState, Sn
 fn apply_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     let id = s.id;
     let p = |op: &str| format!("vcpu{id}: {op}");
-    let cpuid = CpuId::from_entries(&s.cpuid)
-        .map_err(|_| SnapshotError::Invalid(format!("vcpu{id}: CPUID table too large")))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kerr(p("KVM_SET_CPUID2")))?;
+    // The vCPU was created with its CPUID already; setting an identical table again costs more
+    // than all the other state together (KVM re-derives its MMU and feature state) and happens
+    // inside a migration's downtime.
+    let same = vcpu
+        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .is_ok_and(|c| c.as_slice() == s.cpuid.as_slice());
+    if !same {
+        let cpuid = CpuId::from_entries(&s.cpuid)
+            .map_err(|_| SnapshotError::Invalid(format!("vcpu{id}: CPUID table too large")))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kerr(p("KVM_SET_CPUID2")))?;
+    }
     if let Some(khz) = s.tsc_khz {
         if vcpu.get_tsc_khz().ok() != Some(khz) {
             if let Err(e) = vcpu.set_tsc_khz(khz) {
@@ -324,7 +341,7 @@ impl Vm {
 
     /// Captures the vCPUs `present` (ascending ids), each by its own parked thread.
     pub(super) fn capture_vcpus_of(&self, present: &[u8]) -> Result<Vec<VcpuState>, SnapshotError> {
-        let msr_list = Arc::new(msr_indices());
+        let msr_list = msr_indices();
         if !self.vcpu_fds.is_empty() {
             // Not started yet: capture directly.
             return self
@@ -427,7 +444,14 @@ impl Vm {
         })
     }
 
-    fn write_memory<W: Write>(&self, s: &mut StreamWriter<W>) -> Result<u64, SnapshotError> {
+    /// Writes every non-zero page of guest RAM. With `live`, what was found is sent on (written
+    /// and flushed) at least every [`LIVE_FLUSH_BYTES`] of RAM scanned, so that a live
+    /// migration's destination stores pages while the scan goes on rather than all at once.
+    fn write_memory<W: Write>(
+        &self,
+        s: &mut StreamWriter<W>,
+        live: bool,
+    ) -> Result<u64, SnapshotError> {
         static ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
         let mut pages = 0u64;
         let mut gpas = Vec::with_capacity(1024);
@@ -456,6 +480,15 @@ impl Vm {
                     }
                 }
                 off += n as u64;
+                if live && (start + off) % LIVE_FLUSH_BYTES == 0 {
+                    if !gpas.is_empty() {
+                        s.write_pages(&gpas, &data)?;
+                        pages += gpas.len() as u64;
+                        gpas.clear();
+                        data.clear();
+                    }
+                    s.flush()?;
+                }
             }
         }
         if !gpas.is_empty() {
@@ -500,7 +533,7 @@ impl Vm {
         let vcpus = self.capture_vcpus()?;
         let machine = self.capture_machine()?;
         let mut s = StreamWriter::new(w, &json("info", &self.meta())?)?;
-        let pages = self.write_memory(&mut s)?;
+        let pages = self.write_memory(&mut s, false)?;
         for v in &vcpus {
             s.write_vcpu(&json("vcpu", v)?)?;
         }
@@ -572,6 +605,10 @@ impl Vm {
             )));
         }
         self.discard_memory();
+        let mut times = RestoreTimes {
+            started: unix_us(),
+            ..Default::default()
+        };
         let mut vcpus: Vec<VcpuState> = Vec::new();
         let mut machine: Option<MachineState> = None;
         loop {
@@ -592,8 +629,11 @@ impl Vm {
                 }
                 Record::Vcpu(b) => vcpus.push(unjson("vcpu", &b)?),
                 Record::Machine(b) => machine = Some(unjson("machine", &b)?),
-                Record::Round { .. } => {}
-                Record::End => break,
+                Record::Round { .. } => times.last_round = unix_us(),
+                Record::End => {
+                    times.end = unix_us();
+                    break;
+                }
             }
         }
         let machine = machine
@@ -613,8 +653,12 @@ impl Vm {
         }
         self.match_vcpus(&vcpus)?;
         self.apply_machine(&machine, &vcpus)?;
+        times.applied = unix_us();
         // The sender released the image locks before it sent its final state.
-        rxen_block::lock::resume_all().map_err(|e| SnapshotError::Invalid(e.to_string()))
+        rxen_block::lock::resume_all().map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        times.locked = unix_us();
+        self.restore_times = Some(times);
+        Ok(())
     }
 
     fn apply_machine(
@@ -817,18 +861,14 @@ impl Vm {
         let t0 = Instant::now();
         let was_running = self.control.state() == RunState::Running;
         let mut quiesced = Vec::new();
+        self.dirty_log_on = true;
         let r = self
             .set_dirty_log(true)
             .and_then(|()| self.migrate_inner(w, opts, t0, &mut quiesced));
-        if let Err(e) = self.set_dirty_log(false) {
-            tracing::warn!("disabling dirty logging: {e}");
-        }
-        for (d, q) in self.virtio.iter().zip(quiesced) {
-            if q {
-                lock(d).resume_worker();
-            }
-        }
+        self.migration_leftover = Some(quiesced);
         if r.is_err() {
+            self.finish_migration();
+            self.end_dirty_log();
             // Images whose locks were handed over are taken back before the guest writes again.
             match rxen_block::lock::resume_all() {
                 Ok(()) if was_running => self.control.set_state(RunState::Running),
@@ -837,6 +877,33 @@ impl Vm {
             }
         }
         r
+    }
+
+    /// What a successful live migration leaves to do once its answer is out: the device workers
+    /// are resumed (the API's `migrate_send` calls this right after answering: the toolstack
+    /// waits for the sender's answer before it lets the destination run). Dirty logging stays on
+    /// while the domain is paused (turning it off takes longer than the whole stop-and-copy of a
+    /// large guest, and a migrated domain is destroyed next); [`Vm::end_dirty_log`] turns it off
+    /// before the vCPUs run again. Does nothing if there is nothing left.
+    pub fn finish_migration(&mut self) {
+        let Some(quiesced) = self.migration_leftover.take() else {
+            return;
+        };
+        self.dirty_log_on = true;
+        for (d, q) in self.virtio.iter().zip(quiesced) {
+            if q {
+                lock(d).resume_worker();
+            }
+        }
+    }
+
+    /// Turns dirty logging off if a live migration left it on.
+    pub(super) fn end_dirty_log(&mut self) {
+        if std::mem::take(&mut self.dirty_log_on) {
+            if let Err(e) = self.set_dirty_log(false) {
+                tracing::warn!("disabling dirty logging: {e}");
+            }
+        }
     }
 
     fn migrate_inner(
@@ -849,14 +916,18 @@ impl Vm {
         // Start both logs clean: everything is sent in round 0 anyway.
         self.dirty_gpas()?;
         let mut s = StreamWriter::new(w, &json("info", &self.meta())?)?;
+        // The destination checks the info record and prepares while round 0 is scanned.
+        s.flush()?;
         let t = Instant::now();
-        let mut pages = self.write_memory(&mut s)?;
+        let mut pages = self.write_memory(&mut s, true)?;
         let mut rate = s.bytes_written() as f64 / t.elapsed().as_secs_f64().max(1e-3);
         let mut rounds = 1u32;
         let target = opts.downtime_ms as f64 / 1000.0;
         let (pending, converged) = loop {
             let dirty = self.dirty_gpas()?;
             s.write_round(dirty.len() as u64)?;
+            // The round's pages go out now, not with the switchover's (the writer buffers 1 MiB).
+            s.flush()?;
             let est = (dirty.len() * PAGE_SIZE) as f64 / rate;
             tracing::info!(
                 "migration round {rounds}: {} dirty pages, {:.1} MB/s, estimated stop-and-copy {:.1} ms",
@@ -878,38 +949,64 @@ impl Vm {
             rate = if r > 0.0 { (rate + r) / 2.0 } else { rate };
             rounds += 1;
         };
-        let paused_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let asked_at = unix_us();
         let tp = Instant::now();
         if !self.park_all() {
             return Err(SnapshotError::Invalid("vCPUs did not stop in time".into()));
         }
+        // The guest runs until its first vCPU parks (a kicked vCPU has to be scheduled to
+        // leave KVM_RUN): the downtime starts there, or at the request if it was paused.
+        let paused_at = self
+            .control
+            .stopped_at_unix_us()
+            .map_or(asked_at, |t| t.max(asked_at));
+        let since = || unix_us().saturating_sub(paused_at);
+        let mut st = SwitchoverTimes {
+            stop_latency: paused_at - asked_at,
+            parked: since(),
+            ..Default::default()
+        };
         *quiesced = self.virtio.iter().map(|d| lock(d).quiesce()).collect();
         // Stopped and drained: the destination may take the disks' locks from here on.
         let handed = rxen_block::lock::suspend_all();
-        tracing::info!("migration: stopped; {handed} image lock(s) released for the destination");
+        st.quiesced = since();
+        // vCPU state first: before its first capture each vCPU completes a pending I/O exit
+        // (KVM_RUN with immediate_exit), and string I/O writes guest memory there, which the
+        // final dirty log must see.
+        let vcpus = self.capture_vcpus()?;
+        st.vcpu_state = since();
         let mut last = self.dirty_gpas()?;
         last.extend(pending);
         last.sort_unstable();
         last.dedup();
+        st.dirty_log = since();
+        let before = s.bytes_written();
         self.send_pages(&mut s, &last)?;
         pages += last.len() as u64;
-        for v in self.capture_vcpus()? {
-            s.write_vcpu(&json("vcpu", &v)?)?;
+        st.final_pages = since();
+        for v in &vcpus {
+            s.write_vcpu(&json("vcpu", v)?)?;
         }
         s.write_machine(&json("machine", &self.capture_machine()?)?)?;
+        st.machine_state = since();
         let bytes = s.bytes_written() + 8;
+        st.bytes = bytes - before;
         s.finish()?;
+        st.end = since();
+        tracing::info!(
+            "migration: stopped ({handed} image lock(s) released for the destination); \
+             switchover (µs after the stop): {st:?}"
+        );
         Ok(LiveSummary {
             rounds,
             bytes,
             pages,
             final_pages: last.len() as u64,
             total_ms: t0.elapsed().as_millis() as u64,
-            paused_at_unix_ms: paused_at,
+            paused_at_unix_ms: paused_at / 1000,
+            paused_at_unix_us: paused_at,
             stop_copy_ms: tp.elapsed().as_millis() as u64,
+            switchover_us: st,
             converged,
         })
     }
@@ -976,10 +1073,64 @@ pub struct LiveSummary {
     pub final_pages: u64,
     /// Total time in milliseconds.
     pub total_ms: u64,
-    /// Wall-clock time the vCPUs stopped (ms since the epoch): the downtime starts here.
+    /// Wall-clock time the vCPUs stopped (ms since the epoch: the first running vCPU parked,
+    /// or the pause request for a paused domain): the downtime starts here.
     pub paused_at_unix_ms: u64,
+    /// The same instant in microseconds since the epoch.
+    #[serde(default)]
+    pub paused_at_unix_us: u64,
     /// Time from the pause to the end of the stream, in milliseconds.
     pub stop_copy_ms: u64,
+    /// Where the stop-and-copy time went.
+    #[serde(default)]
+    pub switchover_us: SwitchoverTimes,
     /// Whether pre-copy met the downtime target (false: a bound forced the stop).
     pub converged: bool,
+}
+
+/// The sending side's stop-and-copy, stage by stage: microseconds from the stop (the first
+/// running vCPU parked, `paused_at_unix_us`) to the end of each stage.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct SwitchoverTimes {
+    /// From the pause request to the stop (the guest still ran; not downtime).
+    pub stop_latency: u64,
+    /// Every vCPU parked.
+    pub parked: u64,
+    /// Device workers drained and image locks released.
+    pub quiesced: u64,
+    /// vCPU state captured.
+    pub vcpu_state: u64,
+    /// The last dirty set collected (KVM's dirty log and the VMM's bitmap).
+    pub dirty_log: u64,
+    /// The last dirty pages written to the stream.
+    pub final_pages: u64,
+    /// vCPU records written, machine state captured and written.
+    pub machine_state: u64,
+    /// END written and the stream flushed.
+    pub end: u64,
+    /// Stream bytes written after the stop.
+    pub bytes: u64,
+}
+
+/// The receiving side of a restore, as wall-clock instants (µs since the epoch, 0 = not reached),
+/// logged when the domain is first unpaused: with the sender's pause instant they show where a
+/// migration's downtime went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreTimes {
+    /// The stream's header was read (the VM is built and reads the stream from here on).
+    pub started: u64,
+    /// The last ROUND record was read (a live migration's pre-copy ended after it).
+    pub last_round: u64,
+    /// END was read.
+    pub end: u64,
+    /// vCPU and machine state applied.
+    pub applied: u64,
+    /// Image locks taken.
+    pub locked: u64,
+    /// The control socket listens.
+    pub api_up: u64,
+    /// vCPU threads started (parked).
+    pub vcpus_started: u64,
+    /// `unpause` handled: the vCPUs run.
+    pub resumed: u64,
 }
