@@ -406,6 +406,8 @@ pub struct Vm {
     migration_leftover: Option<Vec<bool>>,
     /// KVM's dirty log is on (a live migration; turned off before the vCPUs run again).
     dirty_log_on: bool,
+    /// The control socket a restoring VMM binds before the restore, published when it ends.
+    early_api: Option<ApiServer>,
     /// When a restore's stages ended (logged at the first unpause).
     restore_times: Option<snapshot::RestoreTimes>,
     /// Host mappings of guest RAM: declared last so they are unmapped after everything else.
@@ -787,6 +789,7 @@ impl Vm {
             affinity,
             migration_leftover: None,
             dirty_log_on: false,
+            early_api: None,
             restore_times: None,
             ram: Some(ram),
         })
@@ -1149,7 +1152,17 @@ impl Vm {
     }
 
     fn run_inner(&mut self) -> ExitCode {
-        let mut server = match ApiServer::new(self.cfg.api_socket.clone()) {
+        let server = match self.early_api.take() {
+            Some(mut s) => match s.publish() {
+                Ok(()) => Ok(s),
+                Err(e) => {
+                    s.discard_hidden();
+                    Err(e)
+                }
+            },
+            None => ApiServer::new(self.cfg.api_socket.clone()),
+        };
+        let mut server = match server {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");
@@ -1942,7 +1955,51 @@ const MAX_REQUEST_LINE: usize = 64 * 1024;
 
 impl ApiServer {
     fn new(path: Option<PathBuf>) -> Result<Self, VmError> {
-        let listener = match &path {
+        let at = path.clone();
+        Self::bind_at(path, at)
+    }
+
+    /// Where a restoring VMM binds its socket before the restore ends (no client looks there).
+    fn hidden_path(p: &std::path::Path) -> PathBuf {
+        let mut h = p.as_os_str().to_owned();
+        h.push(".restoring");
+        PathBuf::from(h)
+    }
+
+    /// Like [`ApiServer::new`], but bound and listening at [`ApiServer::hidden_path`]: the socket
+    /// appears at its path only with [`ApiServer::publish`], when the domain is ready (a restore
+    /// is complete), so that work is not done after the restore, inside a migration's downtime.
+    fn new_hidden(path: PathBuf) -> Result<Self, VmError> {
+        let at = Self::hidden_path(&path);
+        Self::bind_at(Some(path), Some(at))
+    }
+
+    /// Moves a hidden socket to its path (atomically; a stale socket there is replaced, any other
+    /// file is left and refused, as binding there would be).
+    fn publish(&mut self) -> Result<(), VmError> {
+        let Some(p) = &self.path else {
+            return Ok(());
+        };
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(p).is_ok_and(|md| !md.file_type().is_socket()) {
+            return Err(io_err(format!("bind API socket {}", p.display()))(
+                std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            ));
+        }
+        std::fs::rename(Self::hidden_path(p), p)
+            .map_err(io_err(format!("bind API socket {}", p.display())))
+    }
+
+    /// Removes a hidden socket that was never published.
+    fn discard_hidden(&mut self) {
+        self.listener = None;
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(Self::hidden_path(p));
+        }
+    }
+
+    fn bind_at(path: Option<PathBuf>, at: Option<PathBuf>) -> Result<Self, VmError> {
+        let listener = match &at {
             None => None,
             Some(p) => {
                 if let Ok(md) = std::fs::symlink_metadata(p) {

@@ -319,6 +319,8 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> Live {
     stages.push(("final_kib", sw["bytes"].as_u64().unwrap_or(0) / 1024));
     let dst = restore_times(&log_of(&sock_b));
     for k in [
+        "vcpus_read",
+        "machine_read",
         "end",
         "applied",
         "locked",
@@ -328,6 +330,8 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> Live {
     ] {
         let v = dst.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
         let name: &'static str = match k {
+            "vcpus_read" => "dst_vcpus_read",
+            "machine_read" => "dst_machine_read",
             "end" => "dst_end_read",
             "applied" => "dst_applied",
             "locked" => "dst_locked",

@@ -250,12 +250,14 @@ fn capture_vcpu(vcpu: &VcpuFd, id: u8, msr_list: &[u32]) -> Result<VcpuState, Sn
     })
 }
 
-fn apply_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
+/// The part of a vCPU's state that does not touch the interrupt controllers: applied as soon as
+/// its record arrives (a migration's destination does it while the sender still collects the
+/// last pages), before the irqchip state. [`apply_vcpu_late`] completes it.
+fn apply_vcpu_early(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     let id = s.id;
     let p = |op: &str| format!("vcpu{id}: {op}");
     // The vCPU was created with its CPUID already; setting an identical table again costs more
-    // than all the other state together (KVM re-derives its MMU and feature state) and happens
-    // inside a migration's downtime.
+    // than all the other state together (KVM re-derives its MMU and feature state).
     let same = vcpu
         .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .is_ok_and(|c| c.as_slice() == s.cpuid.as_slice());
@@ -271,8 +273,6 @@ fn apply_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
             }
         }
     }
-    vcpu.set_mp_state(s.mp_state)
-        .map_err(kerr(p("KVM_SET_MP_STATE")))?;
     vcpu.set_regs(&s.regs).map_err(kerr(p("KVM_SET_REGS")))?;
     vcpu.set_sregs(&s.sregs).map_err(kerr(p("KVM_SET_SREGS")))?;
     // SAFETY: `s.xsave` is a complete kvm_xsave captured by KVM_GET_XSAVE; rxen never enables
@@ -283,6 +283,16 @@ fn apply_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     }
     vcpu.set_debug_regs(&s.debugregs)
         .map_err(kerr(p("KVM_SET_DEBUGREGS")))?;
+    Ok(())
+}
+
+/// The rest of a vCPU's state, after the irqchip's: run state, local APIC, then the MSRs (the
+/// TSC-deadline MSR only takes in the APIC's TSC-deadline mode) and pending events.
+fn apply_vcpu_late(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
+    let id = s.id;
+    let p = |op: &str| format!("vcpu{id}: {op}");
+    vcpu.set_mp_state(s.mp_state)
+        .map_err(kerr(p("KVM_SET_MP_STATE")))?;
     vcpu.set_lapic(&s.lapic).map_err(kerr(p("KVM_SET_LAPIC")))?;
     write_msrs(vcpu, id, &s.msrs);
     vcpu.set_vcpu_events(&s.events)
@@ -610,6 +620,7 @@ impl Vm {
             ..Default::default()
         };
         let mut vcpus: Vec<VcpuState> = Vec::new();
+        let mut early: Vec<u8> = Vec::new();
         let mut machine: Option<MachineState> = None;
         loop {
             match s.next_record()? {
@@ -627,8 +638,23 @@ impl Vm {
                             })?;
                     }
                 }
-                Record::Vcpu(b) => vcpus.push(unjson("vcpu", &b)?),
-                Record::Machine(b) => machine = Some(unjson("machine", &b)?),
+                Record::Vcpu(b) => {
+                    let v: VcpuState = unjson("vcpu", &b)?;
+                    // A vCPU this VM has already: its registers go in now (the others once
+                    // the whole stream is in and they are created).
+                    if let Some((_, fd)) = self.vcpu_fds.iter().find(|(id, _)| *id == v.id) {
+                        if !early.contains(&v.id) {
+                            apply_vcpu_early(fd, &v)?;
+                            early.push(v.id);
+                        }
+                    }
+                    vcpus.push(v);
+                    times.vcpus_read = unix_us();
+                }
+                Record::Machine(b) => {
+                    machine = Some(unjson("machine", &b)?);
+                    times.machine_read = unix_us();
+                }
                 Record::Round { .. } => times.last_round = unix_us(),
                 Record::End => {
                     times.end = unix_us();
@@ -652,6 +678,9 @@ impl Vm {
             )));
         }
         self.match_vcpus(&vcpus)?;
+        for st in vcpus.iter().filter(|v| !early.contains(&v.id)) {
+            apply_vcpu_early(self.vcpu_fd(st.id)?, st)?;
+        }
         self.apply_machine(&machine, &vcpus)?;
         times.applied = unix_us();
         // The sender released the image locks before it sent its final state.
@@ -672,13 +701,7 @@ impl Vm {
             vm.set_irqchip(c).map_err(kerr("KVM_SET_IRQCHIP"))?;
         }
         for st in vcpus {
-            let fd = self
-                .vcpu_fds
-                .iter()
-                .find(|(id, _)| *id == st.id)
-                .map(|(_, fd)| fd)
-                .ok_or_else(|| SnapshotError::Invalid(format!("no vCPU {}", st.id)))?;
-            apply_vcpu(fd, st)?;
+            apply_vcpu_late(self.vcpu_fd(st.id)?, st)?;
         }
         let clock = kvm_clock_data {
             clock: m.clock.clock,
@@ -735,6 +758,14 @@ impl Vm {
         Ok(())
     }
 
+    fn vcpu_fd(&self, id: u8) -> Result<&VcpuFd, SnapshotError> {
+        self.vcpu_fds
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| SnapshotError::Invalid(format!("no vCPU {id}")))
+    }
+
     /// Creates the vCPUs of the saved domain this VM lacks and parks the ones it has beyond them
     /// (created at build time from `vcpus`; KVM cannot destroy them).
     fn match_vcpus(&mut self, saved: &[VcpuState]) -> Result<(), SnapshotError> {
@@ -762,6 +793,23 @@ impl Vm {
     /// Restores from `path`: an xl save file (header and config skipped) or a bare stream. The
     /// path may be a FIFO or socket (live migration feeds the stream while it is sent).
     pub fn restore_from_path(&mut self, path: &std::path::Path) -> Result<(), SnapshotError> {
+        // The control socket is set up meanwhile; it appears when the domain runs.
+        if let Some(p) = self.cfg.api_socket.clone() {
+            match ApiServer::new_hidden(p) {
+                Ok(s) => self.early_api = Some(s),
+                Err(e) => tracing::debug!("control socket set up after the restore: {e}"),
+            }
+        }
+        let r = self.restore_path_inner(path);
+        if r.is_err() {
+            if let Some(mut s) = self.early_api.take() {
+                s.discard_hidden();
+            }
+        }
+        r
+    }
+
+    fn restore_path_inner(&mut self, path: &std::path::Path) -> Result<(), SnapshotError> {
         let io = |what: &str| {
             let what = format!("{what} {}", path.display());
             move |source| SnapshotError::Io { what, source }
@@ -833,7 +881,9 @@ impl Vm {
         s: &mut StreamWriter<W>,
         gpas: &[u64],
     ) -> Result<(), SnapshotError> {
-        let mut data = vec![0u8; 1024 * PAGE_SIZE];
+        // Sized to what is sent: a switchover often has few or no pages, and a large buffer's
+        // allocation and unmapping (a TLB shootdown) would be most of its cost.
+        let mut data = vec![0u8; gpas.len().min(1024) * PAGE_SIZE];
         for chunk in gpas.chunks(1024) {
             for (i, g) in chunk.iter().enumerate() {
                 self._mem
@@ -973,20 +1023,21 @@ impl Vm {
         // vCPU state first: before its first capture each vCPU completes a pending I/O exit
         // (KVM_RUN with immediate_exit), and string I/O writes guest memory there, which the
         // final dirty log must see.
-        let vcpus = self.capture_vcpus()?;
+        // Sent at once: the destination decodes them while the last pages are collected.
+        let before = s.bytes_written();
+        for v in self.capture_vcpus()? {
+            s.write_vcpu(&json("vcpu", &v)?)?;
+        }
+        s.flush()?;
         st.vcpu_state = since();
         let mut last = self.dirty_gpas()?;
         last.extend(pending);
         last.sort_unstable();
         last.dedup();
         st.dirty_log = since();
-        let before = s.bytes_written();
         self.send_pages(&mut s, &last)?;
         pages += last.len() as u64;
         st.final_pages = since();
-        for v in &vcpus {
-            s.write_vcpu(&json("vcpu", v)?)?;
-        }
         s.write_machine(&json("machine", &self.capture_machine()?)?)?;
         st.machine_state = since();
         let bytes = s.bytes_written() + 8;
@@ -1098,13 +1149,13 @@ pub struct SwitchoverTimes {
     pub parked: u64,
     /// Device workers drained and image locks released.
     pub quiesced: u64,
-    /// vCPU state captured.
+    /// vCPU state captured and sent.
     pub vcpu_state: u64,
     /// The last dirty set collected (KVM's dirty log and the VMM's bitmap).
     pub dirty_log: u64,
     /// The last dirty pages written to the stream.
     pub final_pages: u64,
-    /// vCPU records written, machine state captured and written.
+    /// Machine state captured and written.
     pub machine_state: u64,
     /// END written and the stream flushed.
     pub end: u64,
@@ -1121,6 +1172,10 @@ pub struct RestoreTimes {
     pub started: u64,
     /// The last ROUND record was read (a live migration's pre-copy ended after it).
     pub last_round: u64,
+    /// The last vCPU record was read and decoded.
+    pub vcpus_read: u64,
+    /// The machine record was read and decoded.
+    pub machine_read: u64,
     /// END was read.
     pub end: u64,
     /// vCPU and machine state applied.
