@@ -361,9 +361,14 @@ impl VcpuControl {
     }
 
     /// Like `park_if_needed`, and runs tasks posted for vCPU `id` while parked. Before the first
-    /// task, a KVM_RUN with `immediate_exit` completes an I/O exit already handled in userspace so
-    /// that the captured state is consistent (KVM's documented rule for saving state).
-    fn park_and_serve(&self, vcpu: &mut VcpuFd, id: u8) -> bool {
+    /// task, `settle` completes an I/O exit already handled in userspace so that the captured
+    /// state is consistent (KVM's documented rule for saving state).
+    fn park_and_serve(
+        &self,
+        vcpu: &mut VcpuFd,
+        id: u8,
+        settle: impl Fn(&mut VcpuFd) -> bool,
+    ) -> bool {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if g.0 == RunState::Running && !self.is_offline(id) {
             return true;
@@ -387,9 +392,11 @@ impl VcpuControl {
                 Some(t) => {
                     drop(g);
                     if !settled {
-                        vcpu.set_kvm_immediate_exit(1);
-                        let _ = vcpu.run();
-                        vcpu.set_kvm_immediate_exit(0);
+                        if !settle(vcpu) {
+                            tracing::warn!(
+                                "vcpu{id}: pending I/O did not settle; its state may be mid-instruction"
+                            );
+                        }
                         settled = true;
                     }
                     t(vcpu);
@@ -445,6 +452,69 @@ pub enum VcpuExitReason {
     Error(String),
 }
 
+/// At most this many I/O exits are served while a paused vCPU's pending I/O settles (a
+/// `rep ins`/`rep outs` exits once per batch; a larger count is a guest looping in I/O).
+const SETTLE_EXITS: usize = 4096;
+
+/// The access size of the port I/O exit in the kvm_run structure at `run` (1, 2 or 4 bytes; a
+/// string instruction's exit carries `count` accesses of this size).
+fn pio_size(run: *const u8) -> usize {
+    // SAFETY: `run` is this vCPU's mapped kvm_run structure, valid while its VcpuFd lives; after
+    // a KVM_EXIT_IO its union holds `io`, and only that plain byte is read (a raw read that
+    // does not alias the data slice the exit hands out, which lies beyond the structure).
+    let size = unsafe {
+        std::ptr::addr_of!(
+            (*(run as *const kvm_bindings::kvm_run))
+                .__bindgen_anon_1
+                .io
+                .size
+        )
+        .read()
+    };
+    usize::from(size).max(1)
+}
+
+/// Serves a port or MMIO exit on the buses; false if `r` is not one. A port exit's data is
+/// `size`-byte accesses, one per element of a string instruction (`rep outsb` to a UART is
+/// `count` one-byte writes, not one wide write).
+fn serve_io(
+    pio: &Bus,
+    mmio: &Bus,
+    id: u8,
+    size: usize,
+    r: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+) -> bool {
+    match r {
+        Ok(VcpuExit::IoIn(port, data)) => {
+            for d in data.chunks_mut(size) {
+                if !pio.read(u64::from(port), d) {
+                    d.fill(0xff);
+                }
+            }
+        }
+        Ok(VcpuExit::IoOut(port, data)) => {
+            for d in data.chunks(size) {
+                if !pio.write(u64::from(port), d) && port != 0x80 {
+                    tracing::trace!("vcpu{id}: unhandled out {port:#x}");
+                }
+            }
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            if !mmio.read(addr, data) {
+                tracing::debug!("vcpu{id}: unhandled MMIO read at {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            if !mmio.write(addr, data) {
+                tracing::debug!("vcpu{id}: unhandled MMIO write at {addr:#x}");
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Runs vCPU `id` until told to stop or the guest ends the domain.
 pub fn run_vcpu(
     mut vcpu: VcpuFd,
@@ -456,8 +526,31 @@ pub fn run_vcpu(
 ) -> VcpuExitReason {
     let run_ptr = vcpu.get_kvm_run() as *mut kvm_bindings::kvm_run as *mut u8;
     KVM_RUN.with(|p| p.set(run_ptr));
+    // Completes the I/O exit handled last, and any exit that completing it causes (the next
+    // batch of a `rep ins`/`rep outs`): KVM_RUN with `immediate_exit` returns EINTR only once
+    // nothing is pending. Bounded: a guest cannot keep a paused vCPU here.
+    let settle = |vcpu: &mut VcpuFd| {
+        vcpu.set_kvm_immediate_exit(1);
+        let mut done = false;
+        for _ in 0..SETTLE_EXITS {
+            let r = vcpu.run();
+            match r {
+                Err(ref e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    done = true;
+                    break;
+                }
+                r => {
+                    if !serve_io(&pio, &mmio, id, pio_size(run_ptr), r) {
+                        break;
+                    }
+                }
+            }
+        }
+        vcpu.set_kvm_immediate_exit(0);
+        done
+    };
     let reason = loop {
-        if !control.park_and_serve(&mut vcpu, id) {
+        if !control.park_and_serve(&mut vcpu, id, settle) {
             break VcpuExitReason::Stopped;
         }
         if control.take_nmi(id) {
@@ -467,26 +560,10 @@ pub fn run_vcpu(
         }
         let r = vcpu.run();
         match r {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if !pio.read(u64::from(port), data) {
-                    data.fill(0xff);
-                }
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if !pio.write(u64::from(port), data) && port != 0x80 {
-                    tracing::trace!("vcpu{id}: unhandled out {port:#x}");
-                }
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                if !mmio.read(addr, data) {
-                    tracing::debug!("vcpu{id}: unhandled MMIO read at {addr:#x}");
-                    data.fill(0xff);
-                }
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if !mmio.write(addr, data) {
-                    tracing::debug!("vcpu{id}: unhandled MMIO write at {addr:#x}");
-                }
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..))
+            | Ok(VcpuExit::MmioWrite(..)) => {
+                let handled = serve_io(&pio, &mmio, id, pio_size(run_ptr), r);
+                debug_assert!(handled);
             }
             Ok(VcpuExit::Hlt) => {
                 std::thread::sleep(std::time::Duration::from_millis(1));

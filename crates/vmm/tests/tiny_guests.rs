@@ -236,3 +236,43 @@ fn reboot_in_place_restarts_the_guest_in_the_same_process() {
         r.stderr
     );
 }
+
+/// `rep insb` and `rep outsb` on the UART's byte-wide registers: KVM hands a string
+/// instruction's elements to the VMM in batches (up to a page per exit for `ins`), and each
+/// element is one access of the device. Reads from the scratch register fill a buffer that
+/// spans three pages; the guest checks every byte, then echoes a string with `rep outsb`.
+#[test]
+fn string_port_io_is_one_device_access_per_element() {
+    let r = run_simple(
+        "stringio",
+        r#"
+    mov $0x3ff, %dx
+    mov $0x5a, %al
+    out %al, (%dx)
+    lea buf(%rip), %rdi
+    mov $9000, %rcx
+    rep insb
+    lea buf(%rip), %rdi
+    mov $9000, %rcx
+    mov $0x5a, %al
+    repe scasb
+    jne 1f
+    lea msg(%rip), %rsi
+    mov $0x3f8, %dx
+    mov $(msgend - msg), %rcx
+    rep outsb
+    POWEROFF
+1:  PUTS bad
+    POWEROFF
+msg: .ascii "all 9000 bytes read\n"
+msgend:
+bad: .asciz "mismatch\n"
+.balign 4096
+.skip 3000
+buf: .skip 9000
+"#,
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "all 9000 bytes read\n");
+}
