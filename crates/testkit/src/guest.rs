@@ -29,6 +29,8 @@ struct Console {
     text: String,
     /// Set when the console reached EOF (process closed it).
     eof: bool,
+    /// When the first and the latest bytes of stdout (the console itself, not stderr) arrived.
+    stdout_span: Option<(Instant, Instant)>,
 }
 
 /// A running guest (or any process whose stdio is a guest console). Killed on drop.
@@ -246,6 +248,13 @@ impl Guest {
         self.child.id()
     }
 
+    /// When the first and the latest console bytes (stdout only) arrived, as read by this
+    /// process: the guest's activity as the host sees it (e.g. a heartbeat across a migration).
+    pub fn output_span(&self) -> Option<(Instant, Instant)> {
+        let (lock, _) = &*self.console;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stdout_span
+    }
+
     /// Whole console transcript so far.
     pub fn transcript(&self) -> String {
         let (lock, _) = &*self.console;
@@ -321,7 +330,15 @@ fn pump(mut r: impl Read + Send + 'static, console: Arc<(Mutex<Console>, Condvar
                     append(&console, &[], true);
                     break;
                 }
-                Ok(n) => append(&console, &buf[..n], false),
+                Ok(n) => {
+                    let now = Instant::now();
+                    {
+                        let mut c = console.0.lock().unwrap_or_else(|e| e.into_inner());
+                        let first = c.stdout_span.map_or(now, |(f, _)| f);
+                        c.stdout_span = Some((first, now));
+                    }
+                    append(&console, &buf[..n], false)
+                }
             }
         }
     });

@@ -14,11 +14,13 @@
 
 mod assets;
 mod guest;
+mod qmp;
 mod tools;
 mod vmm;
 
 pub use assets::{linux_kvm_available, repo_root, require_linux_kvm, Assets};
 pub use guest::{CmdOutput, Guest};
+pub use qmp::Qmp;
 pub use tools::{host_sh, median, require_tool, Undo};
 pub use vmm::{BootSpec, Vmm};
 

@@ -17,6 +17,7 @@ use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use rxen_testkit::Qmp;
 use rxen_vmm::api::{ApiClient, Command};
 
 const T: Duration = Duration::from_secs(120);
@@ -418,65 +419,6 @@ fn benchmark_migrate_live_downtime_tiny_guests() {
     }
 }
 
-/// A minimal QMP client (QEMU's JSON monitor) over a UNIX socket.
-struct Qmp {
-    r: std::io::BufReader<std::os::unix::net::UnixStream>,
-    w: std::os::unix::net::UnixStream,
-    events: Vec<serde_json::Value>,
-}
-
-impl Qmp {
-    fn connect(p: &Path) -> Qmp {
-        let start = Instant::now();
-        let s = loop {
-            match std::os::unix::net::UnixStream::connect(p) {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(start.elapsed() < T, "QMP {}: {e}", p.display());
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        };
-        let mut q = Qmp {
-            r: std::io::BufReader::new(s.try_clone().unwrap()),
-            w: s,
-            events: Vec::new(),
-        };
-        q.line(); // greeting
-        q.cmd(r#"{"execute":"qmp_capabilities"}"#);
-        q
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut l = String::new();
-        std::io::BufRead::read_line(&mut self.r, &mut l).unwrap();
-        serde_json::from_str(&l).unwrap_or_else(|e| panic!("QMP {l:?}: {e}"))
-    }
-
-    /// Sends a command; its `return` value (events are kept in `events`).
-    fn cmd(&mut self, c: &str) -> serde_json::Value {
-        self.w.write_all(c.as_bytes()).unwrap();
-        self.w.write_all(b"\n").unwrap();
-        loop {
-            let v = self.line();
-            if let Some(r) = v.get("return") {
-                return r.clone();
-            }
-            assert!(v.get("error").is_none(), "QMP {c}: {v}");
-            if v.get("event").is_some() {
-                self.events.push(v);
-            }
-        }
-    }
-
-    /// Unix time in µs of the first event named `name` received so far.
-    fn event_us(&self, name: &str) -> Option<u64> {
-        let e = self.events.iter().find(|e| e["event"] == name)?;
-        let t = &e["timestamp"];
-        Some(t["seconds"].as_u64()? * 1_000_000 + t["microseconds"].as_u64()?)
-    }
-}
-
 /// One QEMU live migration (KVM, `-M pc`, `mem_mib`) of an idle guest: a 64 KiB "BIOS" whose
 /// reset vector halts. Returns (source STOP → destination RESUME in µs, QEMU's own downtime
 /// figure in ms, QEMU's total time in ms).
@@ -530,17 +472,19 @@ fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
         &qmp_b,
         &["-incoming".into(), format!("unix:{}", mig.display())],
     );
-    let mut qa = Qmp::connect(&qmp_a);
-    let mut qb = Qmp::connect(&qmp_b);
+    let mut qa = Qmp::connect(&qmp_a, T).unwrap();
+    let mut qb = Qmp::connect(&qmp_b, T).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    qa.cmd(r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50}}"#);
+    qa.cmd(r#"{"execute":"migrate-set-parameters","arguments":{"downtime-limit":50}}"#)
+        .unwrap();
     qa.cmd(&format!(
         r#"{{"execute":"migrate","arguments":{{"uri":"unix:{}"}}}}"#,
         mig.display()
-    ));
+    ))
+    .unwrap();
     let start = Instant::now();
     let info = loop {
-        let v = qa.cmd(r#"{"execute":"query-migrate"}"#);
+        let v = qa.cmd(r#"{"execute":"query-migrate"}"#).unwrap();
         match v["status"].as_str() {
             Some("completed") => break v,
             Some("failed") | Some("cancelled") => panic!("QEMU migration: {v}"),
@@ -550,7 +494,7 @@ fn qemu_once(dir: &Path, mem_mib: u32, tag: &str) -> (u64, u64, u64) {
         std::thread::sleep(Duration::from_millis(2));
     };
     let start = Instant::now();
-    while qb.cmd(r#"{"execute":"query-status"}"#)["status"] != "running" {
+    while qb.cmd(r#"{"execute":"query-status"}"#).unwrap()["status"] != "running" {
         assert!(start.elapsed() < T, "QEMU destination never ran");
         std::thread::sleep(Duration::from_millis(2));
     }
