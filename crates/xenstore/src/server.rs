@@ -19,7 +19,7 @@
 //! vCPU on every round trip. The window adapts like Linux's `haltpoll` governor (see
 //! [`BusyPoll`]): it grows when the next request came soon after the loop went to sleep, and
 //! shrinks to nothing when requests are further apart than the maximum, so an idle daemon, or
-//! one with sporadic clients, never spins. It also stops for a while when another task ran on
+//! one with sporadic clients, never spins. Off by default (see [`BUSY_POLL_DEFAULT`]). It also stops for a while when another task ran on
 //! the daemon's CPU during a poll (a shared CPU: polling would only delay that task, often the
 //! client itself). The maximum is [`Config::busy_poll`]
 //! ([`BUSY_POLL_DEFAULT`]; `--busy-poll USEC` or `$RXEN_XENSTORED_BUSY_POLL_US`, 0 turns it off).
@@ -47,9 +47,13 @@ pub const OUT_HIGH: usize = 1 << 20;
 /// Unsent output above which watch events for a connection are dropped.
 pub const OUT_EVENTS_MAX: usize = 8 << 20;
 
-/// Default maximum busy-poll window: above the ~10-20 µs a client on this kind of VM needs to
+/// Default maximum busy-poll window: off. Measured on a shared 2-vCPU VM (docs/xenstore.md),
+/// polling was neutral to harmful for sequential reads; [`BUSY_POLL_SUGGESTED`] is the value to
+/// try where the daemon has a CPU of its own.
+pub const BUSY_POLL_DEFAULT: Duration = Duration::ZERO;
+/// The window to use when opting in: above the ~10-30 µs a client on this kind of VM needs to
 /// be woken by a reply and send its next request, well below a scheduler tick.
-pub const BUSY_POLL_DEFAULT: Duration = Duration::from_micros(50);
+pub const BUSY_POLL_SUGGESTED: Duration = Duration::from_micros(50);
 /// Environment variable that sets the busy-poll window in µs (0 = off).
 pub const BUSY_POLL_ENV: &str = "RXEN_XENSTORED_BUSY_POLL_US";
 

@@ -18,7 +18,7 @@ usage: xenstored [options]
       --compact-bytes N journal size that triggers a new snapshot (default 8 MiB)
       --busy-poll USEC  after handling requests, poll for up to USEC µs before sleeping
                         (adaptive, off while requests are further apart; 0 = never poll;
-                        default $RXEN_XENSTORED_BUSY_POLL_US, else 50)
+                        default $RXEN_XENSTORED_BUSY_POLL_US, else 0; try 50)
   -F, --pid-file FILE   write the daemon's pid
   -N, --no-fork         accepted for compatibility (rxen's xenstored never forks)
   -h, --help            this text
