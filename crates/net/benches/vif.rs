@@ -47,6 +47,7 @@ fn main() {
         fsync: FsyncPolicy::Never,
         log_file: None,
         compact_bytes: None,
+        busy_poll: rxen_xenstore::server::BUSY_POLL_DEFAULT,
     })
     .unwrap();
     let stop = server.stop_handle();

@@ -41,6 +41,7 @@ impl Xenstored {
             fsync: FsyncPolicy::Never,
             log_file: None,
             compact_bytes: None,
+            busy_poll: rxen_xenstore::server::BUSY_POLL_DEFAULT,
         };
         let mut server = Server::bind(&cfg).expect("start xenstored");
         let stop = server.stop_handle();

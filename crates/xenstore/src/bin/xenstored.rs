@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use rxen_xenstore::journal::FsyncPolicy;
-use rxen_xenstore::server::{Config, Server};
+use rxen_xenstore::server::{parse_busy_poll, Config, Server};
 
 const USAGE: &str = "\
 usage: xenstored [options]
@@ -16,6 +16,9 @@ usage: xenstored [options]
                         always (fdatasync before ack; survives power loss)
       --log-file FILE   access log written while `xenstore-control log on`
       --compact-bytes N journal size that triggers a new snapshot (default 8 MiB)
+      --busy-poll USEC  after handling requests, poll for up to USEC µs before sleeping
+                        (adaptive, off while requests are further apart; 0 = never poll;
+                        default $RXEN_XENSTORED_BUSY_POLL_US, else 0; try 50)
   -F, --pid-file FILE   write the daemon's pid
   -N, --no-fork         accepted for compatibility (rxen's xenstored never forks)
   -h, --help            this text
@@ -55,6 +58,11 @@ fn main() -> anyhow::Result<()> {
             "--log-file" => cfg.log_file = Some(val(&a)?.into()),
             "--compact-bytes" => {
                 cfg.compact_bytes = Some(val(&a)?.parse().context("--compact-bytes")?)
+            }
+            "--busy-poll" => {
+                let v = val(&a)?;
+                cfg.busy_poll = parse_busy_poll(&v)
+                    .with_context(|| format!("--busy-poll: {v:?} is not a number of µs"))?
             }
             "-F" | "--pid-file" => pid_file = Some(val(&a)?.into()),
             "-N" | "--no-fork" => {}

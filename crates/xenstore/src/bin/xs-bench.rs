@@ -4,6 +4,7 @@
 //! cargo run --release -p rxen-xenstore --bin xs-bench -- [--ops N] [--conns N] [--watchers N]
 //!     [--rounds N] [--only ceiling|ours|oxenstored|cxenstored] [--no-persist] [--client raw|lib]
 //!     [--workloads read,write,tx,many,fanout] [--no-pm-qos] [--nice N] [--baseline XENSTORED]
+//!     [--client-spin USEC] [--split-cpus]
 //! ```
 //! The benchmark runs at nice -10 (`--nice`), and so do the daemons it starts: all of them at
 //! the same priority, above other builds sharing the machine, whose preemptions otherwise
@@ -64,6 +65,9 @@ struct Opts {
     nice: i32,
     /// Another rxen `xenstored` binary (e.g. an older commit's) benchmarked in the same run.
     baseline: Option<PathBuf>,
+    /// The raw client (and the watchers) spin with non-blocking reads for up to this long before
+    /// blocking on a reply: the same for every daemon of the run.
+    client_spin: Duration,
 }
 
 impl Opts {
@@ -84,6 +88,45 @@ fn hold_pm_qos() -> std::io::Result<File> {
         .open("/dev/cpu_dma_latency")?;
     f.write_all(&0i32.to_ne_bytes())?;
     Ok(f)
+}
+
+/// `--split-cpus`: the client runs on CPU 0, every server (the ceiling's threads and each
+/// daemon) on CPU 1, so every request and every reply crosses CPUs, as on an otherwise idle
+/// machine, where the scheduler spreads the two over the idle CPUs.
+static SPLIT_CPUS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The CPU servers run on with `--split-cpus`.
+const SERVER_CPU: usize = 1;
+/// The CPU the client runs on with `--split-cpus`.
+const CLIENT_CPU: usize = 0;
+
+/// Pins the calling thread to `cpu`. Async-signal-safe (one system call), so it may run between
+/// fork and exec.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO/CPU_SET; sched_setaffinity(2)
+    // reads `size_of::<cpu_set_t>()` bytes of it and changes only the calling thread.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// With `--split-cpus`, makes `cmd`'s process start on the server CPU.
+fn on_server_cpu(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if SPLIT_CPUS.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call (sched_setaffinity), allocating nothing.
+        unsafe {
+            cmd.pre_exec(|| pin_to(SERVER_CPU));
+        }
+    }
+    cmd
 }
 
 struct Proc {
@@ -142,7 +185,7 @@ fn start_ours(tmp: &Path, persist: bool, bin: Option<&Path>, name: &'static str)
     if !persist {
         cmd.arg("--no-persist");
     }
-    let mut child = cmd
+    let mut child = on_server_cpu(&mut cmd)
         .env("RXEN_ROOT", &root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -180,7 +223,7 @@ fn start_ref(kind: &'static str, tmp: &Path) -> Result<Proc> {
     } else {
         r.join("c/socket")
     };
-    let mut child = Command::new("bash")
+    let mut child = on_server_cpu(&mut Command::new("bash"))
         .arg(repo.join("tools/xen-ref/run-reference.sh"))
         .arg(kind)
         .env("R", &r)
@@ -213,6 +256,9 @@ fn start_ceiling(tmp: &Path) -> Result<PathBuf> {
             let Ok(conn) = conn else { break };
             let watchers = watchers.clone();
             std::thread::spawn(move || {
+                if SPLIT_CPUS.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = pin_to(SERVER_CPU);
+                }
                 let mut out = match conn.try_clone() {
                     Ok(o) => o,
                     Err(_) => return,
@@ -354,19 +400,61 @@ struct Raw {
     inp: Frames,
     out: Vec<u8>,
     next_id: u32,
+    /// `--client-spin`: try non-blocking reads for this long before a blocking one.
+    spin: Duration,
+}
+
+/// A non-blocking `recv(2)` into `buf`: `Some(n)` if data (or EOF, `n == 0`) was there.
+fn recv_now(s: &UnixStream, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the duration of the
+    // call, and the descriptor is owned by `s`.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
 }
 
 /// A reply: `Ok(payload range)` or the daemon's error name.
 type Reply = std::result::Result<std::ops::Range<usize>, String>;
 
 impl Raw {
-    fn connect(p: &Path) -> Result<Raw> {
+    fn connect(p: &Path, spin: Duration) -> Result<Raw> {
         Ok(Raw {
             s: UnixStream::connect(p)?,
             inp: Frames::default(),
             out: Vec::with_capacity(256),
             next_id: 1,
+            spin,
         })
+    }
+
+    /// One `read(2)` worth of input: spins with non-blocking reads for up to `spin`, then
+    /// blocks.
+    fn fill(&mut self) -> Result<usize> {
+        if !self.spin.is_zero() {
+            let t0 = Instant::now();
+            loop {
+                if let Some(n) = recv_now(&self.s, self.inp.room())? {
+                    return Ok(n);
+                }
+                if t0.elapsed() >= self.spin {
+                    break;
+                }
+            }
+        }
+        Ok(self.s.read(self.inp.room())?)
     }
 
     fn send(&mut self, ty: MsgType, tx: u32, parts: &[&[u8]]) -> Result<u32> {
@@ -383,7 +471,7 @@ impl Raw {
             if let Some(f) = self.inp.next() {
                 return Ok(f);
             }
-            let n = self.s.read(self.inp.room())?;
+            let n = self.fill()?;
             if n == 0 {
                 bail!("daemon closed the connection");
             }
@@ -573,7 +661,7 @@ fn sequential(
 
 /// Many connections, one request in flight on each, all driven from this thread with epoll:
 /// a 3:1 mix of reads of a shared key and writes of the connection's own key.
-fn many_raw(socket: &Path, conns: usize, per: usize) -> Result<Stat> {
+fn many_raw(socket: &Path, conns: usize, per: usize, spin: Duration) -> Result<Stat> {
     use mio::{Events, Interest, Poll, Token};
     struct C {
         s: mio::net::UnixStream,
@@ -631,7 +719,18 @@ fn many_raw(socket: &Path, conns: usize, per: usize) -> Result<Stat> {
     }
     let mut running = conns;
     while running > 0 {
-        poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+        // --client-spin: poll without sleeping for up to `spin` first.
+        let mut got = false;
+        if !spin.is_zero() {
+            let t0 = Instant::now();
+            while !got && t0.elapsed() < spin {
+                poll.poll(&mut events, Some(Duration::ZERO))?;
+                got = !events.is_empty();
+            }
+        }
+        if !got {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+        }
         if events.is_empty() {
             bail!("no reply for 10 s");
         }
@@ -712,8 +811,8 @@ fn many_lib(socket: &Path, conns: usize, per: usize) -> Result<Stat> {
     Ok(stat(all, per * conns, t0.elapsed()))
 }
 
-fn raw_watch(socket: &Path, path: &str) -> Result<Raw> {
-    let mut s = Raw::connect(socket)?;
+fn raw_watch(socket: &Path, path: &str, spin: Duration) -> Result<Raw> {
+    let mut s = Raw::connect(socket, spin)?;
     s.send(MsgType::Watch, 0, &[path.as_bytes(), b"\0t\0"])?;
     // Reply + initial event, in either order.
     for _ in 0..2 {
@@ -729,14 +828,14 @@ fn raw_watch(socket: &Path, path: &str) -> Result<Raw> {
 fn bench(socket: &Path, pid: Option<u32>, o: &Opts) -> Result<Vec<(&'static str, Stat)>> {
     let mut res = Vec::new();
     let mut c: Box<dyn Seq> = match o.client {
-        ClientKind::Raw => Box::new(Raw::connect(socket)?),
+        ClientKind::Raw => Box::new(Raw::connect(socket, o.client_spin)?),
         ClientKind::Lib => Box::new(Client::connect(socket)?),
     };
     sequential(c.as_mut(), o, pid, &mut res)?;
     let per = (o.ops / o.conns).max(1);
     if o.wants("many") {
         let many = with_cpu(pid, per * o.conns, || match o.client {
-            ClientKind::Raw => many_raw(socket, o.conns, per),
+            ClientKind::Raw => many_raw(socket, o.conns, per, o.client_spin),
             ClientKind::Lib => many_lib(socket, o.conns, per),
         })?;
         res.push(("mixed 3:1 r/w (many conns)", many));
@@ -750,7 +849,7 @@ fn bench(socket: &Path, pid: Option<u32>, o: &Opts) -> Result<Vec<(&'static str,
     // rounds got slower: 0.8 -> 1.0-1.1 µs of daemon CPU per event, p50 1.7 -> 2.2-3.5 ms.)
     let mut watchers = Vec::with_capacity(o.watchers);
     for _ in 0..o.watchers {
-        watchers.push(raw_watch(socket, "/bench/fan")?);
+        watchers.push(raw_watch(socket, "/bench/fan", o.client_spin)?);
     }
     let vals: Vec<String> = (0..o.rounds).map(|i| i.to_string()).collect();
     let mut lat = Vec::with_capacity(o.rounds);
@@ -789,6 +888,7 @@ fn main() -> Result<()> {
         pm_qos: true,
         nice: -10,
         baseline: None,
+        client_spin: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -801,6 +901,8 @@ fn main() -> Result<()> {
             "--only" => o.only = Some(args.next().context("--only value")?),
             "--no-persist" => o.persist = false,
             "--no-pm-qos" => o.pm_qos = false,
+            "--split-cpus" => SPLIT_CPUS.store(true, std::sync::atomic::Ordering::Relaxed),
+            "--client-spin" => o.client_spin = Duration::from_micros(num()? as u64),
             "--nice" => {
                 o.nice = args
                     .next()
@@ -833,6 +935,10 @@ fn main() -> Result<()> {
         format!("load {when}: {}", l.join(" "))
     };
     let load_start = load("at start");
+    let split = SPLIT_CPUS.load(std::sync::atomic::Ordering::Relaxed);
+    if split {
+        pin_to(CLIENT_CPU).context("--split-cpus: pinning the client to CPU 0")?;
+    }
     // The calling thread's nice value; every thread and process started from here inherits it,
     // so the client, the ceiling and all three daemons run at the same priority.
     // SAFETY: setpriority(2) on this thread; no memory is passed.
@@ -898,7 +1004,7 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
-        "ops={} conns={} watchers={} rounds={} persist={} client={} cpu_dma_latency={} nice={} ({load_start}; {})",
+        "ops={} conns={} watchers={} rounds={} persist={} client={} client_spin={}us split_cpus={split} busy_poll(rxen)={} cpu_dma_latency={} nice={} ({load_start}; {})",
         o.ops,
         o.conns,
         o.watchers,
@@ -908,6 +1014,13 @@ fn main() -> Result<()> {
             ClientKind::Raw => "raw",
             ClientKind::Lib => "lib",
         },
+        o.client_spin.as_micros(),
+        std::env::var(rxen_xenstore::server::BUSY_POLL_ENV)
+            .map(|v| format!("{v}us (${})", rxen_xenstore::server::BUSY_POLL_ENV))
+            .unwrap_or_else(|_| format!(
+                "{}us (default)",
+                rxen_xenstore::server::BUSY_POLL_DEFAULT.as_micros()
+            )),
         if qos.is_some() { "0 (held)" } else { "not held" },
         if niced {
             o.nice.to_string()

@@ -31,6 +31,7 @@ impl InProcessXenstored {
             fsync: rxen_xenstore::journal::FsyncPolicy::Never,
             log_file: None,
             compact_bytes: None,
+            busy_poll: rxen_xenstore::server::BUSY_POLL_DEFAULT,
         };
         let mut server = Server::bind(&cfg).expect("bind xenstored");
         let stop = server.stop_handle();
