@@ -18,8 +18,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::VNET_HDR_LEN;
@@ -61,9 +60,6 @@ const FEATURES: u64 = F_CSUM
     | F_INDIRECT_DESC;
 /// Largest frame plus header we move: a 64 KiB GSO frame, its headers and the vnet header.
 const MAX_PACKET: usize = VNET_HDR_LEN + 65_536 + 1024;
-/// Most guest memory pieces one direct tap read scatters into (Linux allows 1024); a frame whose
-/// buffers are more fragmented than that takes the bounce copy instead.
-const MAX_RX_IOVS: usize = 256;
 
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
@@ -203,16 +199,6 @@ struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-/// What [`NetWorker::receive_direct`] did.
-enum Direct {
-    /// Took a frame (or discarded a runt) from the tap.
-    Done,
-    /// The tap had nothing to read.
-    Empty,
-    /// The available buffers cannot hold every frame; nothing was read.
-    Fallback,
-}
-
 fn bad(queue: usize, reason: String) -> VirtioError {
     VirtioError::BadQueue { queue, reason }
 }
@@ -320,119 +306,6 @@ impl NetWorker {
         Ok(())
     }
 
-    /// Reads the next frame from the tap straight into the guest's receive buffers (one `readv`,
-    /// no bounce copy) when the available buffers can hold the largest frame the tap may hand
-    /// over; otherwise [`Direct::Fallback`] and nothing was taken, and the caller reads into
-    /// `rx_buf` and waits for enough buffers for the frame it got.
-    fn receive_direct(&mut self, mem: &GuestMemoryMmap) -> Result<Direct, VirtioError> {
-        let qerr = |source| VirtioError::Queue { queue: RX, source };
-        let start = self.rxq.next_avail();
-        // Each chain taken: (head, bytes it holds).
-        let mut chains: Vec<(u16, usize)> = Vec::new();
-        let mut slices = Vec::new();
-        let mut room = 0usize;
-        while room < MAX_PACKET {
-            let Some(chain) = self.rxq.iter(mem).map_err(qerr)?.next() else {
-                self.rxq.set_next_avail(start);
-                return Ok(Direct::Fallback);
-            };
-            let head = chain.head_index();
-            let mut held = 0usize;
-            for desc in chain.writable() {
-                let len = desc.len() as usize;
-                for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), len) {
-                    let slice = slice.map_err(|e| bad(RX, format!("unwritable buffer: {e}")))?;
-                    held += slice.len();
-                    slices.push(slice);
-                }
-                if slices.len() > MAX_RX_IOVS {
-                    self.rxq.set_next_avail(start);
-                    return Ok(Direct::Fallback);
-                }
-            }
-            room += held;
-            chains.push((head, held));
-            if !self.mergeable || chains.len() >= usize::from(self.rxq.size()) {
-                break;
-            }
-        }
-        if room < MAX_PACKET {
-            self.rxq.set_next_avail(start);
-            return Ok(Direct::Fallback);
-        }
-        let iovs: Vec<libc::iovec> = slices
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
-        // SAFETY: every iovec covers a slice of guest RAM mapped by `mem`, which lives across
-        // the call; the kernel writes at most `iov_len` bytes into each. The guest may touch the
-        // same memory concurrently (its own race, as with DMA); nothing of ours aliases it.
-        let got = unsafe {
-            libc::readv(
-                self.tap.as_raw_fd(),
-                iovs.as_ptr(),
-                iovs.len() as libc::c_int,
-            )
-        };
-        if got < 0 {
-            self.rxq.set_next_avail(start);
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                tracing::debug!("virtio-net: tap read failed: {e}");
-            }
-            return Ok(Direct::Empty);
-        }
-        let n = got as usize;
-        if n < VNET_HDR_LEN {
-            // Not a frame: the buffers go back to the ring untouched as far as the guest knows.
-            self.rxq.set_next_avail(start);
-            return Ok(Direct::Done);
-        }
-        // The kernel wrote through our mapping, which KVM's dirty log does not see.
-        let mut left = n;
-        for s in &slices {
-            if left == 0 {
-                break;
-            }
-            let k = left.min(s.len());
-            s.bitmap().mark_dirty(0, k);
-            left -= k;
-        }
-        // The buffers the frame filled; the rest go back to the ring.
-        let mut off = 0;
-        for &(head, held) in &chains {
-            if off >= n {
-                break;
-            }
-            let k = (n - off).min(held);
-            self.rx_done.push((head, k as u32));
-            off += k;
-        }
-        let used = self.rx_done.len();
-        self.rxq
-            .set_next_avail((Wrapping(start) + Wrapping(used as u16)).0);
-        // num_buffers, bytes 10..12 of the header (which may straddle pieces): the tap leaves
-        // them as they were.
-        let count = (used as u16).to_le_bytes();
-        let (mut pos, mut i) = (0usize, 0usize);
-        for s in &slices {
-            while i < 2 && 10 + i < pos + s.len() {
-                s.write_obj(count[i], 10 + i - pos)
-                    .map_err(|e| bad(RX, format!("cannot fill buffer: {e}")))?;
-                i += 1;
-            }
-            pos += s.len();
-            if i == 2 {
-                break;
-            }
-        }
-        self.publish_rx(mem)?;
-        Ok(Direct::Done)
-    }
-
     /// Moves packets from the tap to the guest while both have some.
     fn receive(&mut self, ctx: &WorkerContext<'_>) -> Result<(), VirtioError> {
         if !self.rxq.ready() {
@@ -440,13 +313,6 @@ impl NetWorker {
         }
         let mem = self.mem.clone();
         loop {
-            if self.rx_pending.is_none() {
-                match self.receive_direct(&mem)? {
-                    Direct::Done => continue,
-                    Direct::Empty => break,
-                    Direct::Fallback => {}
-                }
-            }
             let n = match self.rx_pending.take() {
                 Some(n) => n,
                 None => match self.tap.read(&mut self.rx_buf) {

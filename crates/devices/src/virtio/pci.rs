@@ -1405,9 +1405,9 @@ mod snapshot_tests {
     }
 
     #[test]
-    fn virtio_net_rx_reads_straight_into_guest_buffers_then_falls_back_to_the_bounce_copy() {
+    fn virtio_net_mergeable_rx_fills_big_buffers_in_order_and_sets_num_buffers() {
         let mut r = NetRig::new();
-        // 8 x 16 KiB: room for the largest frame, so frames are read straight into the ring.
+        // 8 x 16 KiB buffers: frames take as many as they need, in ring order.
         r.post_rx(NET_Q, 16384);
         // The header's num_buffers comes from the device, whatever the tap left there.
         let mut f = wire_frame(2988, 4);
@@ -1433,8 +1433,7 @@ mod snapshot_tests {
         let got = r.frame(1, 4);
         assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
         assert_eq!(got[12..], f[12..]);
-        // Four buffers (64 KiB) left: less than the largest frame, so the next frame goes
-        // through the bounce buffer, into the next buffers in order.
+        // Four buffers (64 KiB) left: the next frame goes into the next two.
         let f = wire_frame(19988, 6);
         r.peer.send(&f).unwrap();
         r.wait_used(6);
@@ -1448,9 +1447,8 @@ mod snapshot_tests {
     #[test]
     fn virtio_net_rx_header_split_over_tiny_descriptors_gets_its_num_buffers() {
         let mut r = NetRig::new();
-        // Two chains of three descriptors: 4 bytes, 7 bytes, 40000 bytes (room for the largest
-        // frame, so the direct read is taken). num_buffers (header bytes 10 and 11) straddles
-        // the second and third descriptors.
+        // Two chains of three descriptors: 4 bytes, 7 bytes, 40000 bytes. num_buffers (header
+        // bytes 10 and 11) straddles the second and third descriptors.
         for slot in 0..2u16 {
             let base = 0x100000 + u64::from(slot) * 0x10000;
             for (k, (addr, len)) in [(base, 4u32), (base + 0x100, 7), (base + 0x200, 40000)]
@@ -1495,9 +1493,9 @@ mod snapshot_tests {
     fn virtio_net_rx_buffer_outside_ram_resets_the_device_only() {
         let mut r = NetRig::new();
         r.post_rx(NET_Q, 16384);
-        // The third buffer points past the end of guest RAM (4 MiB).
+        // The first buffer runs past the end of guest RAM (4 MiB).
         r.mem
-            .write_obj((4u64 << 20) - 100, GuestAddress(0x1000 + 2 * 16))
+            .write_obj((4u64 << 20) - 100, GuestAddress(0x1000))
             .unwrap();
         r.peer.send(&wire_frame(1000, 1)).unwrap();
         let start = std::time::Instant::now();
