@@ -1309,12 +1309,19 @@ mod snapshot_tests {
             }
         }
 
-        /// Posts `n` receive buffers of `len` bytes each and kicks the receive queue.
+        /// Posts `n` receive buffers of `len` bytes each and kicks the receive queue. Buffers of
+        /// up to 4 KiB are 4 KiB apart from 0x10000; larger ones (up to 64 KiB) 64 KiB apart
+        /// from 0x100000.
         fn post_rx(&mut self, n: u16, len: u32) {
             for _ in 0..n {
                 let slot = self.avail % NET_Q;
                 let a = 0x1000 + u64::from(slot) * 16;
-                let addr = 0x10000 + u64::from(self.bufs % 64) * 0x1000;
+                let addr = if len <= 0x1000 {
+                    0x10000 + u64::from(self.bufs % 64) * 0x1000
+                } else {
+                    assert!(len <= 0x10000);
+                    0x100000 + u64::from(self.bufs % 16) * 0x10000
+                };
                 self.mem.write_obj(addr, GuestAddress(a)).unwrap();
                 self.mem.write_obj(len, GuestAddress(a + 8)).unwrap();
                 self.mem.write_obj(2u16, GuestAddress(a + 12)).unwrap();
@@ -1386,6 +1393,124 @@ mod snapshot_tests {
         let got = r.frame(3, 8);
         assert_eq!(u16::from_le_bytes([got[10], got[11]]), 5, "num_buffers");
         assert_eq!(got[12..], f[12..]);
+    }
+
+    /// The used entry `i`: (head, length).
+    fn used_entry(r: &NetRig, i: u16) -> (u32, u32) {
+        let e = 0x3004 + u64::from(i % NET_Q) * 8;
+        (
+            r.mem.read_obj(GuestAddress(e)).unwrap(),
+            r.mem.read_obj(GuestAddress(e + 4)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn virtio_net_mergeable_rx_fills_big_buffers_in_order_and_sets_num_buffers() {
+        let mut r = NetRig::new();
+        // 8 x 16 KiB buffers: frames take as many as they need, in ring order.
+        r.post_rx(NET_Q, 16384);
+        // The header's num_buffers comes from the device, whatever the tap left there.
+        let mut f = wire_frame(2988, 4);
+        f[10..12].copy_from_slice(&[0xaa, 0xbb]);
+        r.peer.send(&f).unwrap();
+        r.wait_used(1);
+        assert_eq!(
+            used_entry(&r, 0),
+            (0, 3000),
+            "one buffer, the frame's length"
+        );
+        let got = r.frame(0, 1);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+        assert_eq!(got[12..], f[12..]);
+        // 12 + 39988 bytes over three buffers (16384, 16384, 7232); the rest stay available.
+        let f = wire_frame(39988, 5);
+        r.peer.send(&f).unwrap();
+        r.wait_used(4);
+        assert_eq!(
+            [1, 2, 3].map(|i| used_entry(&r, i)),
+            [(1, 16384), (2, 16384), (3, 7232)]
+        );
+        let got = r.frame(1, 4);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        assert_eq!(got[12..], f[12..]);
+        // Four buffers (64 KiB) left: the next frame goes into the next two.
+        let f = wire_frame(19988, 6);
+        r.peer.send(&f).unwrap();
+        r.wait_used(6);
+        assert_eq!([4, 5].map(|i| used_entry(&r, i)), [(4, 16384), (5, 3616)]);
+        let got = r.frame(4, 6);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
+        assert_eq!(got[12..], f[12..]);
+        assert!(!r.d.snapshot().needs_reset);
+    }
+
+    #[test]
+    fn virtio_net_rx_header_split_over_tiny_descriptors_gets_its_num_buffers() {
+        let mut r = NetRig::new();
+        // Two chains of three descriptors: 4 bytes, 7 bytes, 40000 bytes. num_buffers (header
+        // bytes 10 and 11) straddles the second and third descriptors.
+        for slot in 0..2u16 {
+            let base = 0x100000 + u64::from(slot) * 0x10000;
+            for (k, (addr, len)) in [(base, 4u32), (base + 0x100, 7), (base + 0x200, 40000)]
+                .into_iter()
+                .enumerate()
+            {
+                let idx = slot * 3 + k as u16;
+                let a = 0x1000 + u64::from(idx) * 16;
+                r.mem.write_obj(addr, GuestAddress(a)).unwrap();
+                r.mem.write_obj(len, GuestAddress(a + 8)).unwrap();
+                // WRITE, and NEXT on the first two.
+                let flags: u16 = if k < 2 { 3 } else { 2 };
+                r.mem.write_obj(flags, GuestAddress(a + 12)).unwrap();
+                r.mem.write_obj(idx + 1, GuestAddress(a + 14)).unwrap();
+            }
+            r.mem
+                .write_obj(slot * 3, GuestAddress(0x2004 + u64::from(slot) * 2))
+                .unwrap();
+        }
+        r.mem.write_obj(2u16, GuestAddress(0x2002)).unwrap();
+        w(&mut r.d, NOTIFY, &0u16.to_le_bytes());
+        let mut f = wire_frame(100, 8);
+        f[10..12].copy_from_slice(&[0xaa, 0xbb]);
+        r.peer.send(&f).unwrap();
+        r.wait_used(1);
+        assert_eq!(used_entry(&r, 0), (0, 112));
+        let lo: u8 = r.mem.read_obj(GuestAddress(0x100000 + 0x100 + 6)).unwrap();
+        let hi: u8 = r.mem.read_obj(GuestAddress(0x100000 + 0x200)).unwrap();
+        assert_eq!(
+            u16::from_le_bytes([lo, hi]),
+            1,
+            "num_buffers across descriptors"
+        );
+        let mut data = vec![0u8; 100];
+        r.mem
+            .read_slice(&mut data, GuestAddress(0x100000 + 0x200 + 1))
+            .unwrap();
+        assert_eq!(data[..], f[12..]);
+    }
+
+    #[test]
+    fn virtio_net_rx_buffer_outside_ram_resets_the_device_only() {
+        let mut r = NetRig::new();
+        r.post_rx(NET_Q, 16384);
+        // The first buffer runs past the end of guest RAM (4 MiB).
+        r.mem
+            .write_obj((4u64 << 20) - 100, GuestAddress(0x1000))
+            .unwrap();
+        r.peer.send(&wire_frame(1000, 1)).unwrap();
+        let start = std::time::Instant::now();
+        while !r.d.snapshot().needs_reset {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "device never flagged needs-reset"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            r.used_idx(),
+            0,
+            "nothing published from a ring it could not use"
+        );
     }
 
     #[test]
