@@ -240,9 +240,7 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> Live {
     let mut a = spawn(kernel, mem_mib, &sock, &[]);
     let mut c = connect(&sock);
     let fifo = dir.join(format!("{tag}.fifo"));
-    let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo).unwrap();
     let sock_b = dir.join(format!("{tag}-dst.sock"));
     let mut b = spawn(
         kernel,
@@ -255,16 +253,7 @@ fn live_once(dir: &Path, kernel: &Path, mem_mib: u32, tag: &str) -> Live {
     std::thread::sleep(Duration::from_secs(2));
     let mig = dir.join(format!("{tag}-mig.sock"));
     let listener = std::os::unix::net::UnixListener::bind(&mig).unwrap();
-    let f2 = fifo.clone();
-    let relay = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let out = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
-        // Record by record up to END, as `xl migrate-receive` feeds its VMM.
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
-        rxen_migration::relay(&mut conn, &mut w, |_| {})
-            .map_err(|e| e.to_string())
-            .and_then(|n| w.flush().map(|()| n).map_err(|e| e.to_string()))
-    });
+    let relay = relay_to_fifo(listener, fifo.clone());
     let t = Instant::now();
     let sum = c
         .request(Command::MigrateSend {

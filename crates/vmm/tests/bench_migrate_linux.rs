@@ -17,11 +17,13 @@
 //! Environment: `RXEN_BENCH_ITERS` (migrations per cell, default 3), `RXEN_BENCH_MIGRATE_SIZES`
 //! (MiB, default `256,1024,2048`), `RXEN_BENCH_DIRTY_MIB` (the dirtying guest's window, default 4).
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{mkfifo, relay_to_fifo};
 use rxen_testkit::{median, require_linux_kvm, Assets, BootSpec, Guest, Qmp, Vmm};
 use rxen_vmm::api::{ApiClient, Command as Api};
 
@@ -142,11 +144,7 @@ fn rxen_once(
     let sock = dir.join(format!("{tag}-a.sock"));
     let src = boot_with_beat(rxen_cmd(spec, disk, &sock), "rxen source", len, dirty)?;
     let fifo = dir.join(format!("{tag}.fifo"));
-    let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a NUL-terminated path.
-    if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
-        return Err(format!("mkfifo: {}", std::io::Error::last_os_error()));
-    }
+    mkfifo(&fifo).map_err(|e| format!("mkfifo: {e}"))?;
     let sock_b = dir.join(format!("{tag}-b.sock"));
     let mut cb = rxen_cmd(spec, disk, &sock_b);
     cb.arg("--restore").arg(&fifo).arg("--paused");
@@ -154,17 +152,7 @@ fn rxen_once(
     std::thread::sleep(Duration::from_secs(1));
     let mig = dir.join(format!("{tag}-mig.sock"));
     let listener = std::os::unix::net::UnixListener::bind(&mig).map_err(|e| e.to_string())?;
-    let relay = std::thread::spawn(move || -> Result<u64, String> {
-        let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&fifo)
-            .map_err(|e| e.to_string())?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
-        let n = rxen_migration::relay(&mut conn, &mut w, |_| {}).map_err(|e| e.to_string())?;
-        w.flush().map_err(|e| e.to_string())?;
-        Ok(n)
-    });
+    let relay = relay_to_fifo(listener, fifo);
     let mut c = api(&sock)?;
     let t = Instant::now();
     let sum = c

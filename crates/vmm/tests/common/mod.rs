@@ -171,3 +171,33 @@ puts:
 pub fn guest(body: &str) -> String {
     format!("{PRELUDE}\n_start:\n{body}\n{LIB}")
 }
+
+/// Creates a FIFO at `p` (a restoring VMM's `--restore` input, as `xl migrate-receive` uses).
+pub fn mkfifo(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: mkfifo with a NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Accepts one sender on `listener` and relays its migration stream into the FIFO at `fifo`,
+/// record by record up to END, as `xl migrate-receive` feeds its VMM. Returns the bytes relayed.
+pub fn relay_to_fifo(
+    listener: std::os::unix::net::UnixListener,
+    fifo: PathBuf,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .map_err(|e| e.to_string())?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        let n = rxen_migration::relay(&mut conn, &mut w, |_| {}).map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut w).map_err(|e| e.to_string())?;
+        Ok(n)
+    })
+}
