@@ -21,7 +21,7 @@ mod vmm;
 pub use assets::{linux_kvm_available, repo_root, require_linux_kvm, Assets};
 pub use guest::{CmdOutput, Guest};
 pub use qmp::Qmp;
-pub use tools::{host_sh, median, require_tool, Undo};
+pub use tools::{host_sh, median, require_tool, static_tool_disk, Undo};
 pub use vmm::{BootSpec, Vmm};
 
 /// Errors of the harness.

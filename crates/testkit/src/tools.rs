@@ -71,3 +71,29 @@ pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// Builds the C program `c_source` static with the host's gcc and puts it on a raw disk image
+/// padded to whole 4 KiB blocks (`<dir>/<name>.raw`), for a guest to copy out with
+/// `head -c LEN /dev/vdX` (busybox guests have no compiler). Returns the image and the
+/// program's length. Panics if gcc fails.
+pub fn static_tool_disk(dir: &Path, name: &str, c_source: &str) -> (std::path::PathBuf, u64) {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, c_source).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let bin = dir.join(name);
+    host_sh(&format!(
+        "gcc -static -O2 -o {} {}",
+        bin.display(),
+        src.display()
+    ));
+    let len = std::fs::metadata(&bin)
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+        .len();
+    let img = dir.join(format!("{name}.raw"));
+    std::fs::copy(&bin, &img).unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .and_then(|f| f.set_len(len.div_ceil(4096) * 4096))
+        .unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+    (img, len)
+}

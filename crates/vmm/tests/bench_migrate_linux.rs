@@ -19,12 +19,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{mkfifo, relay_to_fifo};
-use rxen_testkit::{median, require_linux_kvm, Assets, BootSpec, Guest, Qmp, Vmm};
+use rxen_testkit::{
+    median, require_linux_kvm, static_tool_disk, Assets, BootSpec, Guest, Qmp, Vmm,
+};
 use rxen_vmm::api::{ApiClient, Command as Api};
 
 const T: Duration = Duration::from_secs(300);
@@ -51,30 +53,6 @@ struct Sample {
     vmm_us: u64,
     /// Total migration time, ms.
     total_ms: u64,
-}
-
-/// The static heartbeat program on a raw image padded to whole 4 KiB blocks; its length.
-fn beat_disk(dir: &Path) -> (PathBuf, u64) {
-    let src = dir.join("beat.c");
-    std::fs::write(&src, include_str!("data/beat.c")).unwrap();
-    let bin = dir.join("beat");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("gcc");
-    assert!(st.success(), "gcc -static beat.c failed");
-    let len = std::fs::metadata(&bin).unwrap().len();
-    let img = dir.join("beat.raw");
-    std::fs::copy(&bin, &img).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(len.div_ceil(4096) * 4096)
-        .unwrap();
-    (img, len)
 }
 
 /// Boots `cmd`, installs the heartbeat from the first disk and starts it.
@@ -285,7 +263,7 @@ fn benchmark_migrate_linux_guests_vs_qemu() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let (disk, len) = beat_disk(dir.path());
+    let (disk, len) = static_tool_disk(dir.path(), "beat", include_str!("data/beat.c"));
     let mut report = Vec::new();
     for &mem in &sizes {
         for (load, dirty) in [("idle", 0u32), ("dirtying", dirty_mib)] {

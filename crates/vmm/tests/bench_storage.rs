@@ -21,7 +21,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rxen_testkit::{host_sh as sh, median, require_linux_kvm, Assets, BootSpec, Guest, Undo, Vmm};
+use rxen_testkit::{
+    host_sh as sh, median, require_linux_kvm, static_tool_disk, Assets, BootSpec, Guest, Undo, Vmm,
+};
 
 /// Host baseline: MB/s reading the file sequentially (1 MiB), and random 4 KiB reads per second.
 fn host_rates(p: &Path, mib: u64) -> (f64, f64) {
@@ -122,24 +124,9 @@ fn benchmark_storage_throughput() {
         raw.display(),
         q.display()
     ));
-    // The guest's random-read tool, on a disk of its own (padded to whole 4 KiB blocks).
-    let c_src = dir.path().join("randread.c");
-    std::fs::write(&c_src, include_str!("data/randread.c")).unwrap();
-    let tool = dir.path().join("randread");
-    sh(&format!(
-        "gcc -static -O2 -o {} {}",
-        tool.display(),
-        c_src.display()
-    ));
-    let tool_len = std::fs::metadata(&tool).unwrap().len();
-    let tools = dir.path().join("tools.raw");
-    std::fs::copy(&tool, &tools).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tools)
-        .unwrap()
-        .set_len(tool_len.div_ceil(4096) * 4096)
-        .unwrap();
+    // The guest's random-read tool, on a disk of its own.
+    let (tools, tool_len) =
+        static_tool_disk(dir.path(), "randread", include_str!("data/randread.c"));
     let (host_seq, host_rand) = host_rates(&raw, mib);
     let n1 = (mib * 256).min(4096);
     let n8 = (mib * 256).min(8192);
