@@ -103,6 +103,18 @@ fn api(p: &Path) -> Result<ApiClient, String> {
     }
 }
 
+/// What every migration of one table cell shares.
+#[derive(Clone, Copy)]
+struct Cell<'a> {
+    dir: &'a Path,
+    spec: &'a BootSpec,
+    /// The heartbeat's disk and the program's length on it.
+    disk: &'a Path,
+    len: u64,
+    /// The heartbeat's dirtying window, MiB (0 = idle).
+    dirty: u32,
+}
+
 fn rxen_cmd(spec: &BootSpec, disk: &Path, sock: &Path) -> Command {
     let mut c = spec.command(&Vmm::Rxen);
     c.arg("--disk")
@@ -111,14 +123,14 @@ fn rxen_cmd(spec: &BootSpec, disk: &Path, sock: &Path) -> Command {
     c
 }
 
-fn rxen_once(
-    dir: &Path,
-    spec: &BootSpec,
-    disk: &Path,
-    len: u64,
-    dirty: u32,
-    tag: &str,
-) -> Result<Sample, String> {
+fn rxen_once(cell: &Cell, tag: &str) -> Result<Sample, String> {
+    let Cell {
+        dir,
+        spec,
+        disk,
+        len,
+        dirty,
+    } = *cell;
     let sock = dir.join(format!("{tag}-a.sock"));
     let src = boot_with_beat(rxen_cmd(spec, disk, &sock), "rxen source", len, dirty)?;
     let fifo = dir.join(format!("{tag}.fifo"));
@@ -181,14 +193,14 @@ fn qemu_cmd(spec: &BootSpec, disk: &Path, qmp: &Path) -> Command {
     c
 }
 
-fn qemu_once(
-    dir: &Path,
-    spec: &BootSpec,
-    disk: &Path,
-    len: u64,
-    dirty: u32,
-    tag: &str,
-) -> Result<Sample, String> {
+fn qemu_once(cell: &Cell, tag: &str) -> Result<Sample, String> {
+    let Cell {
+        dir,
+        spec,
+        disk,
+        len,
+        dirty,
+    } = *cell;
     let qa = dir.join(format!("{tag}-qa.sock"));
     let qb = dir.join(format!("{tag}-qb.sock"));
     let mig = dir.join(format!("{tag}-qmig.sock"));
@@ -280,10 +292,17 @@ fn benchmark_migrate_linux_guests_vs_qemu() {
                         break;
                     }
                     let tag = format!("{vmm}-{mem}-{load}-{i}");
+                    let cell = Cell {
+                        dir: dir.path(),
+                        spec: &spec,
+                        disk: &disk,
+                        len,
+                        dirty,
+                    };
                     let r = if vmm == "rxen" {
-                        rxen_once(dir.path(), &spec, &disk, len, dirty, &tag)
+                        rxen_once(&cell, &tag)
                     } else {
-                        qemu_once(dir.path(), &spec, &disk, len, dirty, &tag)
+                        qemu_once(&cell, &tag)
                     };
                     match r {
                         Ok(s) => ok.push(s),
