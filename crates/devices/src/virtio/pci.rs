@@ -1345,6 +1345,18 @@ mod snapshot_tests {
             wait_used_idx(|| self.used_idx(), n);
         }
 
+        /// Checks that used entries `from..to` hold `sent` (its data after the 12-byte header)
+        /// with `num_buffers` in the header.
+        fn expect_frame(&self, from: u16, to: u16, sent: &[u8], num_buffers: u16, what: &str) {
+            let got = self.frame(from, to);
+            assert_eq!(
+                u16::from_le_bytes([got[10], got[11]]),
+                num_buffers,
+                "num_buffers"
+            );
+            assert_eq!(got[12..], sent[12..], "{what}");
+        }
+
         /// The frame in used entries `from..to`: the bytes of each buffer, joined.
         fn frame(&self, from: u16, to: u16) -> Vec<u8> {
             let mut out = vec![];
@@ -1379,10 +1391,7 @@ mod snapshot_tests {
         let f = wire_frame(2488, 7);
         r.peer.send(&f).unwrap();
         r.wait_used(3);
-        let got = r.frame(0, 3);
-        assert_eq!(got.len(), f.len());
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
-        assert_eq!(got[12..], f[12..], "frame data across the buffers");
+        r.expect_frame(0, 3, &f, 3, "frame data across the buffers");
         // 12 + 4988 bytes with one buffer left: nothing is published until the guest adds more.
         let f = wire_frame(4988, 9);
         r.peer.send(&f).unwrap();
@@ -1390,9 +1399,7 @@ mod snapshot_tests {
         assert_eq!(r.used_idx(), 3, "a frame is not published in part");
         r.post_rx(4, 1000);
         r.wait_used(8);
-        let got = r.frame(3, 8);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 5, "num_buffers");
-        assert_eq!(got[12..], f[12..]);
+        r.expect_frame(3, 8, &f, 5, "frame data");
     }
 
     /// The used entry `i`: (head, length).
@@ -1419,9 +1426,7 @@ mod snapshot_tests {
             (0, 3000),
             "one buffer, the frame's length"
         );
-        let got = r.frame(0, 1);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
-        assert_eq!(got[12..], f[12..]);
+        r.expect_frame(0, 1, &f, 1, "frame data");
         // 12 + 39988 bytes over three buffers (16384, 16384, 7232); the rest stay available.
         let f = wire_frame(39988, 5);
         r.peer.send(&f).unwrap();
@@ -1430,17 +1435,13 @@ mod snapshot_tests {
             [1, 2, 3].map(|i| used_entry(&r, i)),
             [(1, 16384), (2, 16384), (3, 7232)]
         );
-        let got = r.frame(1, 4);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
-        assert_eq!(got[12..], f[12..]);
+        r.expect_frame(1, 4, &f, 3, "frame data");
         // Four buffers (64 KiB) left: the next frame goes into the next two.
         let f = wire_frame(19988, 6);
         r.peer.send(&f).unwrap();
         r.wait_used(6);
         assert_eq!([4, 5].map(|i| used_entry(&r, i)), [(4, 16384), (5, 3616)]);
-        let got = r.frame(4, 6);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
-        assert_eq!(got[12..], f[12..]);
+        r.expect_frame(4, 6, &f, 2, "frame data");
         assert!(!r.d.snapshot().needs_reset);
     }
 
@@ -1522,13 +1523,7 @@ mod snapshot_tests {
         let small = wire_frame(60, 2); // 72 bytes: five buffers
         r.peer.send(&small).unwrap();
         r.wait_used(5);
-        let got = r.frame(0, 5);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 5);
-        assert_eq!(
-            got[12..],
-            small[12..],
-            "the frame after the dropped one arrives"
-        );
+        r.expect_frame(0, 5, &small, 5, "the frame after the dropped one arrives");
         // The device still transmits: a frame posted on the transmit queue reaches the peer.
         let tx = wire_frame(100, 3);
         r.mem.write_slice(&tx, GuestAddress(0x80000)).unwrap();
