@@ -939,7 +939,6 @@ impl Vm {
         let Some(quiesced) = self.migration_leftover.take() else {
             return;
         };
-        self.dirty_log_on = true;
         for (d, q) in self.virtio.iter().zip(quiesced) {
             if q {
                 lock(d).resume_worker();
