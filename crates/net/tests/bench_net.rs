@@ -330,3 +330,89 @@ fn benchmark_net_tcp_throughput() {
         "a VMM completed no round: {failures:?}"
     );
 }
+
+/// Stress: fresh boots of each VMM in `RXEN_STRESS_VMM` (comma-separated `rxen`, `qemu`;
+/// default `rxen`), `RXEN_STRESS_ROUNDS` boots each (default 4), each sending `RXEN_BENCH_NET_MIB`
+/// MiB guest→host over TCP (`RXEN_STRESS_NET=0`: boot only, no NIC). A guest that dies or hangs
+/// fails the test, with the end of its console and the VMM's log. Run inside the test host:
+/// `scripts/e2e stress_net`.
+#[test]
+#[ignore = "stress: needs a KVM that boots Linux (run via scripts/e2e stress_net)"]
+fn stress_net_guest_to_host() {
+    require_linux_kvm().unwrap();
+    let assets = Assets::get().unwrap();
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let bytes = env("RXEN_BENCH_NET_MIB", 32) << 20;
+    let rounds = env("RXEN_STRESS_ROUNDS", 4);
+    let net = env("RXEN_STRESS_NET", 1) != 0;
+    let vmms: Vec<Vmm> = std::env::var("RXEN_STRESS_VMM")
+        .unwrap_or_else(|_| "rxen".into())
+        .split(',')
+        .map(|v| match v {
+            "qemu" => Vmm::QemuPc,
+            _ => Vmm::Rxen,
+        })
+        .collect();
+    let tag = std::process::id() % 10000;
+    let (br, tap) = (format!("sbr{tag}"), format!("stap{tag}"));
+    let mut undo = Undo::default();
+    undo.push(format!("ip link del {br}"));
+    sh(&format!(
+        "ip link add {br} type bridge forward_delay 0 stp_state 0 && \
+         ip addr add 10.98.0.1/24 dev {br} && ip link set {br} up"
+    ));
+    undo.push(format!("ip link del {tap}"));
+    let mut failures = Vec::new();
+    for i in 0..rounds {
+        for vmm in &vmms {
+            let mut spec = BootSpec::initramfs(&assets);
+            if net {
+                let _ = Command::new("ip").args(["link", "del", &tap]).output();
+                sh(&format!(
+                    "ip tuntap add dev {tap} mode tap vnet_hdr && ip link set {tap} master {br} && \
+                     ip link set {tap} up"
+                ));
+                spec.taps = vec![tap.clone()];
+            }
+            spec.cmdline = "panic=-1 loglevel=7".into();
+            let mut g = Guest::spawn(spec.command(vmm), "stress").unwrap();
+            let r = (|| -> Result<f64, String> {
+                g.wait_ready(Duration::from_secs(120))
+                    .map_err(|e| format!("boot: {e}"))?;
+                if !net {
+                    return Ok(0.0);
+                }
+                g_ok(
+                    &mut g,
+                    "ip link set eth0 up && ip addr add 10.98.0.2/24 dev eth0 && \
+                     ping -c 1 -w 30 10.98.0.1 >/dev/null",
+                )?;
+                guest_to_host(&mut g, bytes)
+            })();
+            match r {
+                Ok(mbs) => eprintln!("stress_net: {vmm:?}: boot {i}: ok, guest→host {mbs:.1} MB/s"),
+                Err(e) => {
+                    let t = g.transcript();
+                    let from = (t.len().saturating_sub(3000)..t.len())
+                        .find(|&i| t.is_char_boundary(i))
+                        .unwrap_or(t.len());
+                    let first = e.lines().next().unwrap_or_default();
+                    eprintln!(
+                        "stress_net: {vmm:?}: boot {i} FAILED: {first}\n--- end of console and log ---\n{}\n---",
+                        &t[from..]
+                    );
+                    failures.push(format!("{vmm:?} boot {i}: {first}"));
+                }
+            }
+            let _ = g.send("poweroff -f");
+            let _ = g.wait_exit(Duration::from_secs(30));
+            drop(g);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

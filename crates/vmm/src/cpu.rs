@@ -515,6 +515,43 @@ fn serve_io(
     true
 }
 
+/// Logs where a vCPU was when the guest triple-faulted: what a guest kernel developer needs to
+/// find the fault (Xen prints the same on a domain crash).
+fn log_crash_state(vcpu: &VcpuFd, id: u8) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => tracing::warn!(
+            "vcpu{id}: triple fault at rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} \
+             cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} idt {:#x}/{:#x} gdt {:#x}/{:#x} \
+             rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.rbp
+        ),
+        (r, s) => tracing::warn!(
+            "vcpu{id}: triple fault; registers unreadable: {:?} {:?}",
+            r.err(),
+            s.err()
+        ),
+    }
+}
+
 /// Runs vCPU `id` until told to stop or the guest ends the domain.
 pub fn run_vcpu(
     mut vcpu: VcpuFd,
@@ -569,6 +606,7 @@ pub fn run_vcpu(
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             Ok(VcpuExit::Shutdown) => {
+                log_crash_state(&vcpu, id);
                 events.guest_event(GuestEvent::Reboot, &format!("vcpu{id}: triple fault"));
                 break VcpuExitReason::Stopped;
             }
