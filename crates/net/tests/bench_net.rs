@@ -333,7 +333,8 @@ fn benchmark_net_tcp_throughput() {
 
 /// Stress: fresh boots of each VMM in `RXEN_STRESS_VMM` (comma-separated `rxen`, `qemu`;
 /// default `rxen`), `RXEN_STRESS_ROUNDS` boots each (default 4), each sending `RXEN_BENCH_NET_MIB`
-/// MiB guest→host over TCP (`RXEN_STRESS_NET=0`: boot only, no NIC). A guest that dies or hangs
+/// MiB guest→host over TCP (`RXEN_STRESS_NET=0`: boot only, no NIC; `RXEN_STRESS_CMDLINE`: the
+/// guest kernel's command line instead of the standard `quiet panic=-1`). A guest that dies or hangs
 /// fails the test, with the end of its console and the VMM's log. Run inside the test host:
 /// `scripts/e2e stress_net`.
 #[test]
@@ -379,7 +380,9 @@ fn stress_net_guest_to_host() {
                 ));
                 spec.taps = vec![tap.clone()];
             }
-            spec.cmdline = "panic=-1 loglevel=7".into();
+            if let Ok(c) = std::env::var("RXEN_STRESS_CMDLINE") {
+                spec.cmdline = c;
+            }
             let mut g = Guest::spawn(spec.command(vmm), "stress").unwrap();
             let r = (|| -> Result<f64, String> {
                 g.wait_ready(Duration::from_secs(120))
