@@ -15,7 +15,8 @@
 //!   `STOP` event on the source → `RESUME` on the destination.
 //!
 //! Environment: `RXEN_BENCH_ITERS` (migrations per cell, default 3), `RXEN_BENCH_MIGRATE_SIZES`
-//! (MiB, default `256,1024,2048`), `RXEN_BENCH_DIRTY_MIB` (the dirtying guest's window, default 4).
+//! (MiB, default `256,1024,2048`), `RXEN_BENCH_DIRTY_MIB` (the dirtying guest's window, default 4),
+//! `RXEN_BENCH_LOADS` (which loads, default `idle,dirtying`).
 
 mod common;
 
@@ -168,11 +169,13 @@ fn rxen_once(cell: &Cell, tag: &str) -> Result<Sample, String> {
     let _ = c.request(Api::Destroy);
     let _ = d.request(Api::Destroy);
     println!(
-        "  rxen {tag}: gap {:.1} ms, VMM downtime {:.1} ms, total {total_ms} ms, rounds {}, converged {}",
+        "  rxen {tag}: gap {:.1} ms, VMM downtime {:.1} ms, total {total_ms} ms, rounds {}, converged {}, final pages {}, switchover (µs after the stop) {}",
         g as f64 / 1000.0,
         resumed.saturating_sub(paused_at) as f64 / 1000.0,
         sum["rounds"],
-        sum["converged"]
+        sum["converged"],
+        sum["final_pages"],
+        sum["switchover_us"]
     );
     Ok(Sample {
         gap_us: g,
@@ -274,11 +277,19 @@ fn benchmark_migrate_linux_guests_vs_qemu() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    let loads: Vec<String> = std::env::var("RXEN_BENCH_LOADS")
+        .unwrap_or_else(|_| "idle,dirtying".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let (disk, len) = static_tool_disk(dir.path(), "beat", include_str!("data/beat.c"));
     let mut report = Vec::new();
     for &mem in &sizes {
         for (load, dirty) in [("idle", 0u32), ("dirtying", dirty_mib)] {
+            if !loads.iter().any(|l| l == load) {
+                continue;
+            }
             let mut spec = BootSpec::initramfs(&assets);
             spec.memory_mib = mem;
             let mut rows: Vec<(&str, Vec<Sample>, usize)> = vec![];
