@@ -197,6 +197,31 @@ fn round(cmd: Command, name: &str, tap: &str, bytes: usize) -> Result<Round, Str
     r
 }
 
+/// A test bridge holding the host's address 10.98.0.1/24, and the name of the tap the guests get
+/// on it (`prefix` keeps the benchmark's and the stress test's apart); both are deleted when the
+/// returned [`Undo`] drops.
+fn test_bridge(prefix: &str) -> (String, String, Undo) {
+    let tag = std::process::id() % 10000;
+    let (br, tap) = (format!("{prefix}br{tag}"), format!("{prefix}tap{tag}"));
+    let mut undo = Undo::default();
+    undo.push(format!("ip link del {br}"));
+    sh(&format!(
+        "ip link add {br} type bridge forward_delay 0 stp_state 0 && \
+         ip addr add 10.98.0.1/24 dev {br} && ip link set {br} up"
+    ));
+    undo.push(format!("ip link del {tap}"));
+    (br, tap, undo)
+}
+
+/// A fresh persistent tap `tap` on bridge `br` (the previous boot's is deleted first).
+fn fresh_tap(br: &str, tap: &str) {
+    let _ = Command::new("ip").args(["link", "del", tap]).output();
+    sh(&format!(
+        "ip tuntap add dev {tap} mode tap vnet_hdr && ip link set {tap} master {br} && \
+         ip link set {tap} up"
+    ));
+}
+
 /// QEMU `-M pc` with vhost-net on (testkit's QEMU command leaves it off, QEMU's default).
 fn qemu_vhost_command(spec: &BootSpec) -> Command {
     let mut c = spec.command(&Vmm::QemuPc);
@@ -233,15 +258,7 @@ fn benchmark_net_tcp_throughput() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let bytes = mib << 20;
-    let tag = std::process::id() % 10000;
-    let (br, tap) = (format!("bbr{tag}"), format!("btap{tag}"));
-    let mut undo = Undo::default();
-    undo.push(format!("ip link del {br}"));
-    sh(&format!(
-        "ip link add {br} type bridge forward_delay 0 stp_state 0 && \
-         ip addr add 10.98.0.1/24 dev {br} && ip link set {br} up"
-    ));
-    undo.push(format!("ip link del {tap}"));
+    let (br, tap, _undo) = test_bridge("b");
 
     let _ = Command::new("modprobe").arg("vhost_net").output();
     let mut vmms: Vec<(&str, Option<Vmm>)> = vec![
@@ -261,11 +278,7 @@ fn benchmark_net_tcp_throughput() {
         let mut failed = 0;
         while tx.len() < iters && failed < 3 {
             // A fresh persistent tap on the bridge for every boot.
-            let _ = Command::new("ip").args(["link", "del", &tap]).output();
-            sh(&format!(
-                "ip tuntap add dev {tap} mode tap vnet_hdr && ip link set {tap} master {br} && \
-                 ip link set {tap} up"
-            ));
+            fresh_tap(&br, &tap);
             let mut spec = BootSpec::initramfs(&assets);
             spec.taps = vec![tap.clone()];
             let cmd = match vmm {
@@ -359,25 +372,13 @@ fn stress_net_guest_to_host() {
             _ => Vmm::Rxen,
         })
         .collect();
-    let tag = std::process::id() % 10000;
-    let (br, tap) = (format!("sbr{tag}"), format!("stap{tag}"));
-    let mut undo = Undo::default();
-    undo.push(format!("ip link del {br}"));
-    sh(&format!(
-        "ip link add {br} type bridge forward_delay 0 stp_state 0 && \
-         ip addr add 10.98.0.1/24 dev {br} && ip link set {br} up"
-    ));
-    undo.push(format!("ip link del {tap}"));
+    let (br, tap, _undo) = test_bridge("s");
     let mut failures = Vec::new();
     for i in 0..rounds {
         for vmm in &vmms {
             let mut spec = BootSpec::initramfs(&assets);
             if net {
-                let _ = Command::new("ip").args(["link", "del", &tap]).output();
-                sh(&format!(
-                    "ip tuntap add dev {tap} mode tap vnet_hdr && ip link set {tap} master {br} && \
-                     ip link set {tap} up"
-                ));
+                fresh_tap(&br, &tap);
                 spec.taps = vec![tap.clone()];
             }
             if let Ok(c) = std::env::var("RXEN_STRESS_CMDLINE") {
